@@ -1,0 +1,213 @@
+"""Vcpu: one vCPU fd, its kvm_run page, and the state ioctls."""
+
+import mmap
+import os
+import signal
+import threading
+
+from . import _lib, exits
+from .errors import KvmError
+from .fd import OwnedFd
+
+# The signal used to kick a vCPU thread out of KVM_RUN. Its handler is a C no-op installed
+# without SA_RESTART, so the blocked ioctl returns EINTR (host findings, trap 2).
+KICK_SIGNAL = signal.SIGUSR1
+_kick_lock = threading.Lock()
+_kick_installed = False
+
+
+def _install_kick_handler() -> None:
+    global _kick_installed
+    with _kick_lock:
+        if not _kick_installed:
+            if _lib.lib.kvmtest_install_kick_handler(KICK_SIGNAL) != 0:
+                raise KvmError("sigaction(KICK_SIGNAL)", _lib.ffi.errno)
+            _kick_installed = True
+
+
+class Vcpu(OwnedFd):
+    """A vCPU. run() may be called from any thread; kick() from any other."""
+
+    def __init__(self, vm, fd: int, vcpu_id: int):
+        super().__init__(fd)
+        self.vm = vm
+        self.vcpu_id = vcpu_id
+        self._thread = None
+        try:
+            size = vm.kvm.get_vcpu_mmap_size()
+            self._run_map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            self._fd = -1
+            raise
+        self._run_buffer = _lib.ffi.from_buffer(self._run_map)
+        self._run = _lib.ffi.cast("struct kvm_run *", self._run_buffer)
+        self._exit = _lib.ffi.new("struct kvmtest_exit *")
+        _install_kick_handler()
+
+    def _release(self) -> None:
+        # Point run() at a harmless page first so a racing caller never touches the unmapped one.
+        self._dead_page = _lib.ffi.new("char[]", mmap.PAGESIZE)
+        self._run = _lib.ffi.cast("struct kvm_run *", self._dead_page)
+        _lib.ffi.release(self._run_buffer)
+        self._run_map.close()
+
+    # --- running -------------------------------------------------------------------------
+
+    def run_raw(self) -> int:
+        """KVM_RUN; returns 0 or -errno. The decoded exit is in self.last_exit()."""
+        self._thread = threading.get_ident()
+        ret = _lib.lib.kvmtest_run(self._fd, self._run, self._exit)
+        err = _lib.ffi.errno
+        self._thread = None
+        _lib.lib.kvmtest_set_immediate_exit(self._run, 0)
+        return ret if ret >= 0 else -err
+
+    def run(self) -> exits.Exit:
+        """KVM_RUN until the next exit to userspace; a kick returns exits.Intr()."""
+        ret = self.run_raw()
+        if ret == -4:  # EINTR: a signal or immediate_exit
+            return exits.Intr()
+        if ret < 0:
+            raise KvmError("KVM_RUN", -ret)
+        return self.last_exit()
+
+    def last_exit(self) -> exits.Exit:
+        out = self._exit
+        reason = out.reason
+        lib = _lib.lib
+        if reason == lib.KVM_EXIT_IO:
+            start = out.io_data_offset
+            data = self._run_map[start : start + out.io_size * out.io_count]
+            direction = "out" if out.io_direction == lib.KVM_EXIT_IO_OUT else "in"
+            return exits.Io(out.io_port, direction, out.io_size, out.io_count, data, start)
+        if reason == lib.KVM_EXIT_MMIO:
+            data = bytes(_lib.ffi.buffer(out.mmio_data, out.mmio_len))
+            return exits.Mmio(out.mmio_phys_addr, data, out.mmio_len, bool(out.mmio_is_write))
+        if reason == lib.KVM_EXIT_HLT:
+            return exits.Hlt()
+        if reason == lib.KVM_EXIT_SHUTDOWN:
+            return exits.Shutdown()
+        if reason == lib.KVM_EXIT_INTR:
+            return exits.Intr()
+        if reason == lib.KVM_EXIT_FAIL_ENTRY:
+            return exits.FailEntry(out.fail_entry_reason)
+        if reason == lib.KVM_EXIT_INTERNAL_ERROR:
+            data = tuple(out.internal_data[i] for i in range(min(out.internal_ndata, 4)))
+            return exits.InternalError(out.internal_suberror, data)
+        if reason == 24:  # KVM_EXIT_SYSTEM_EVENT
+            return exits.SystemEvent(out.system_event_type)
+        return exits.Unknown(reason)
+
+    def complete_io_in(self, exit_: exits.Io, data: bytes) -> None:
+        """Give an IN its value; the guest sees it when run() is next called."""
+        self._run_map[exit_.data_offset : exit_.data_offset + len(data)] = data
+
+    def kick(self) -> None:
+        """Make a concurrent run() return exits.Intr(): immediate_exit for a thread about to
+        enter KVM_RUN, a signal for one already inside it."""
+        _lib.lib.kvmtest_set_immediate_exit(self._run, 1)
+        thread = self._thread
+        if thread is not None:
+            try:
+                signal.pthread_kill(thread, KICK_SIGNAL)
+            except ProcessLookupError:
+                pass
+
+    def set_immediate_exit(self, value: bool) -> None:
+        _lib.lib.kvmtest_set_immediate_exit(self._run, int(value))
+
+    # --- state ioctls --------------------------------------------------------------------
+
+    def _get(self, name: str, ctype: str):
+        value = _lib.ffi.new(ctype)
+        _lib.ioctl(self._fd, name, value)
+        return value
+
+    def get_regs(self):
+        return self._get("KVM_GET_REGS", "struct kvm_regs *")
+
+    def set_regs(self, regs) -> None:
+        _lib.ioctl(self._fd, "KVM_SET_REGS", regs)
+
+    def get_sregs(self):
+        return self._get("KVM_GET_SREGS", "struct kvm_sregs *")
+
+    def set_sregs(self, sregs) -> None:
+        _lib.ioctl(self._fd, "KVM_SET_SREGS", sregs)
+
+    def get_mp_state(self) -> int:
+        """KVM_GET_MP_STATE. Since Linux 3.10 this processes pending INIT/SIPI first."""
+        return self._get("KVM_GET_MP_STATE", "struct kvm_mp_state *").mp_state
+
+    def set_mp_state_raw(self, mp_state: int) -> int:
+        arg = _lib.ffi.new("struct kvm_mp_state *", {"mp_state": mp_state})
+        return _lib.ioctl_raw(self._fd, "KVM_SET_MP_STATE", arg)
+
+    def set_mp_state(self, mp_state: int) -> None:
+        ret = self.set_mp_state_raw(mp_state)
+        if ret < 0:
+            raise KvmError("KVM_SET_MP_STATE", -ret, f"mp_state={mp_state}")
+
+    def get_lapic(self) -> bytes:
+        state = self._get("KVM_GET_LAPIC", "struct kvm_lapic_state *")
+        return bytes(_lib.ffi.buffer(state.regs))
+
+    def set_lapic(self, regs: bytes) -> None:
+        state = _lib.ffi.new("struct kvm_lapic_state *")
+        _lib.ffi.memmove(state.regs, regs, len(regs))
+        _lib.ioctl(self._fd, "KVM_SET_LAPIC", state)
+
+    def get_vcpu_events(self):
+        return self._get("KVM_GET_VCPU_EVENTS", "struct kvm_vcpu_events *")
+
+    def set_vcpu_events_raw(self, events) -> int:
+        return _lib.ioctl_raw(self._fd, "KVM_SET_VCPU_EVENTS", events)
+
+    def set_vcpu_events(self, events) -> None:
+        ret = self.set_vcpu_events_raw(events)
+        if ret < 0:
+            raise KvmError("KVM_SET_VCPU_EVENTS", -ret)
+
+    def get_msrs(self, indices) -> dict:
+        indices = list(indices)
+        ffi = _lib.ffi
+        size = ffi.sizeof("struct kvm_msrs") + len(indices) * ffi.sizeof("struct kvm_msr_entry")
+        buffer = ffi.new("char[]", size)
+        msrs = ffi.cast("struct kvm_msrs *", buffer)
+        msrs.nmsrs = len(indices)
+        for i, index in enumerate(indices):
+            msrs.entries[i].index = index
+        done = _lib.ioctl(self._fd, "KVM_GET_MSRS", msrs)
+        if done != len(indices):
+            raise KvmError("KVM_GET_MSRS", 22, f"MSR {indices[done]:#x} not readable")
+        return {msrs.entries[i].index: msrs.entries[i].data for i in range(done)}
+
+    def set_msrs(self, values: dict) -> None:
+        ffi = _lib.ffi
+        size = ffi.sizeof("struct kvm_msrs") + len(values) * ffi.sizeof("struct kvm_msr_entry")
+        buffer = ffi.new("char[]", size)
+        msrs = ffi.cast("struct kvm_msrs *", buffer)
+        msrs.nmsrs = len(values)
+        for i, (index, data) in enumerate(values.items()):
+            msrs.entries[i].index = index
+            msrs.entries[i].data = data
+        done = _lib.ioctl(self._fd, "KVM_SET_MSRS", msrs)
+        if done != len(values):
+            index = list(values)[done]
+            raise KvmError("KVM_SET_MSRS", 22, f"MSR {index:#x} not writable")
+
+    def set_cpuid2(self, cpuid) -> None:
+        _lib.ioctl(self._fd, "KVM_SET_CPUID2", cpuid.pointer)
+
+    def nmi_raw(self) -> int:
+        return _lib.ioctl_raw(self._fd, "KVM_NMI")
+
+    def nmi(self) -> None:
+        _lib.ioctl(self._fd, "KVM_NMI")
+
+    def smi_raw(self) -> int:
+        return _lib.ioctl_raw(self._fd, "KVM_SMI")
+
+    def smi(self) -> None:
+        _lib.ioctl(self._fd, "KVM_SMI")
