@@ -106,7 +106,9 @@ struct kvm_cpuid_entry2 {
 };
 struct kvm_cpuid2 { __u32 nent; __u32 padding; struct kvm_cpuid_entry2 entries[]; };
 struct kvm_vcpu_events {
-    struct { __u8 injected; __u8 nr; __u8 has_error_code; __u8 pending; __u32 error_code; } exception;
+    struct {
+        __u8 injected; __u8 nr; __u8 has_error_code; __u8 pending; __u32 error_code;
+    } exception;
     struct { __u8 injected; __u8 nr; __u8 soft; __u8 shadow; } interrupt;
     struct { __u8 injected; __u8 pending; __u8 masked; __u8 pad; } nmi;
     __u32 sipi_vector;

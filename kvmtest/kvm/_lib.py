@@ -22,7 +22,7 @@ def require() -> None:
 
 
 def ioctl_raw(fd: int, name: str, arg=None, *, integer: int | None = None) -> int:
-    """Issue ioctl `name`; return its result, or -errno. Never raises (the selftests' `__` layer)."""
+    """Issue ioctl `name`; return its result or -errno; never raises (selftests' `__` layer)."""
     request = getattr(lib, name)
     if integer is not None:
         ret = lib.kvmtest_ioctl_int(fd, request, integer)

@@ -50,7 +50,10 @@ class Vcpu(OwnedFd):
         self._dead_page = _lib.ffi.new("char[]", mmap.PAGESIZE)
         self._run = _lib.ffi.cast("struct kvm_run *", self._dead_page)
         _lib.ffi.release(self._run_buffer)
-        self._run_map.close()
+        try:
+            self._run_map.close()
+        except BufferError:  # a caller still holds a slice; the GC unmaps it later
+            pass
 
     # --- running -------------------------------------------------------------------------
 
