@@ -1,0 +1,3 @@
+from kvmtest.cli import main
+
+raise SystemExit(main())
