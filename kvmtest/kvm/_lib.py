@@ -21,19 +21,32 @@ def require() -> None:
         )
 
 
+class _Requests(dict):
+    """ioctl name -> request number, looked up in the compiled module once."""
+
+    def __missing__(self, name: str) -> int:
+        self[name] = number = getattr(lib, name)
+        return number
+
+
+_REQUESTS = _Requests()
+
+
 def ioctl_raw(fd: int, name: str, arg=None, *, integer: int | None = None) -> int:
     """Issue ioctl `name`; return its result or -errno; never raises (selftests' `__` layer)."""
-    request = getattr(lib, name)
     if integer is not None:
-        ret = lib.kvmtest_ioctl_int(fd, request, integer)
+        ret = lib.kvmtest_ioctl_int(fd, _REQUESTS[name], integer)
     else:
-        ret = lib.kvmtest_ioctl_ptr(fd, request, ffi.NULL if arg is None else arg)
+        ret = lib.kvmtest_ioctl_ptr(fd, _REQUESTS[name], ffi.NULL if arg is None else arg)
     return ret if ret >= 0 else -ffi.errno
 
 
 def ioctl(fd: int, name: str, arg=None, *, integer: int | None = None) -> int:
     """Issue ioctl `name`; raise KvmError on failure (the checked layer)."""
-    ret = ioctl_raw(fd, name, arg, integer=integer)
+    if integer is not None:
+        ret = lib.kvmtest_ioctl_int(fd, _REQUESTS[name], integer)
+    else:
+        ret = lib.kvmtest_ioctl_ptr(fd, _REQUESTS[name], ffi.NULL if arg is None else arg)
     if ret < 0:
-        raise KvmError(name, -ret)
+        raise KvmError(name, ffi.errno)
     return ret

@@ -44,7 +44,7 @@ def test_doctor_without_usable_device_says_reference_only(device, reason):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for unshare -m")
 def test_doctor_with_dev_kvm_hidden_by_a_bind_mount():
-    script = "mount --bind /dev/null /dev/kvm && exec %s -m kvmtest doctor" % sys.executable
+    script = f"mount --bind /dev/null /dev/kvm && exec {sys.executable} -m kvmtest doctor"
     result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
