@@ -1,0 +1,54 @@
+"""Pure-Python reference model of KVM's x86 INIT/SIPI handling, per kernel generation.
+
+Standard library only. ``Machine`` is one VM; ``PROFILES`` names the kernels it can imitate;
+``FLAVOURS`` the register-image flavours (vmx, svm, pvm). See ``machine.py`` for the theory of
+operation and docs/model.md for the transition tables.
+"""
+
+from .encodings import Irq, decode_icr, decode_msi, encode_icr, encode_msi
+from .errors import ModelError
+from .machine import (
+    ANY,
+    KEEP,
+    Machine,
+    MpState,
+    Phase,
+    RunResult,
+    Step,
+    VCpu,
+)
+from .profiles import (
+    BACKEND_FLAVOURS,
+    FLAVOURS,
+    PROFILES,
+    Profile,
+    flavour_for_backend,
+    get_profile,
+)
+from .regs import GUEST, DTable, Segment
+
+__all__ = [
+    "ANY",
+    "BACKEND_FLAVOURS",
+    "DTable",
+    "FLAVOURS",
+    "GUEST",
+    "Irq",
+    "KEEP",
+    "Machine",
+    "ModelError",
+    "MpState",
+    "PROFILES",
+    "Phase",
+    "Profile",
+    "RunResult",
+    "Segment",
+    "Step",
+    "VCpu",
+    "decode_icr",
+    "decode_msi",
+    "encode_icr",
+    "encode_msi",
+    "flavour_for_backend",
+    "get_profile",
+]
