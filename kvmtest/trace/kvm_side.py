@@ -1,0 +1,236 @@
+"""The real side of a replay: every trace step performed on a fresh VM in /dev/kvm."""
+
+import queue
+
+from kvmtest import guest as g
+from kvmtest.kvm import lib
+
+from . import format as f
+from .workers import VcpuWorker
+
+MSR_APIC_BASE = 0x1B
+APIC_BASE_X2APIC = 1 << 10
+APIC_BASE_ENABLE = 1 << 11
+
+REPORT_TIMEOUT = 2.0  # seconds a predicted guest report may take (guest code is slow here)
+
+
+def flatten_kvm_sregs(sregs) -> dict:
+    out = {}
+    for name in f.SEGMENTS:
+        seg = getattr(sregs, name)
+        for field in f.SEGMENT_FIELDS:
+            out[f"{name}.{field}"] = getattr(seg, field)
+    for name in f.TABLES:
+        table = getattr(sregs, name)
+        out[f"{name}.base"], out[f"{name}.limit"] = table.base, table.limit
+    out["cr0"] = sregs.cr0
+    return out
+
+
+def describe_report(report) -> str:
+    """A guest report in the model side's vocabulary."""
+    if isinstance(report, BaseException):
+        return f"error: {report}"
+    if report is None:
+        return "none"
+    if report.kind == "sipi":
+        return f"sipi {report.vector:#x}"
+    return report.kind
+
+
+class KvmSide:
+    name = "kvm"
+
+    def __init__(self, kvm, trace: f.Trace, cpuid):
+        setup = trace.setup
+        self.setup = setup
+        self.workers: dict[int, VcpuWorker] = {}
+        self.guest_vm = None
+        if setup.guest == "none":
+            self.vm = kvm.create_vm()
+            try:
+                self._build_plain(kvm, setup, cpuid)
+            except BaseException:
+                self.vm.close()
+                raise
+        else:
+            image = "stepper" if setup.guest == "stepper" else "smp"
+            self.guest_vm = g.GuestVm(
+                kvm, setup.vcpus, image, x2apic=setup.apic == "x2apic", irqchip=setup.irqchip
+            )
+            self.vm = self.guest_vm.vm
+            self.vcpus = self.guest_vm.vcpus
+
+    def _build_plain(self, kvm, setup: f.Setup, cpuid) -> None:
+        if setup.irqchip == "kernel":
+            self.vm.create_irqchip()
+        else:
+            self.vm.enable_split_irqchip()
+        self.memory = self.vm.set_user_memory_region(0, 0, 1 << 20)
+        self.vcpus = [self.vm.create_vcpu(i) for i in range(setup.vcpus)]
+        for vcpu in self.vcpus:
+            vcpu.set_cpuid2(cpuid)  # as a VMM does; also decides RDX after INIT (c.1)
+        if setup.apic == "x2apic":
+            for vcpu in self.vcpus:
+                base = vcpu.get_msrs([MSR_APIC_BASE])[MSR_APIC_BASE]
+                vcpu.set_msrs({MSR_APIC_BASE: base | APIC_BASE_X2APIC | APIC_BASE_ENABLE})
+        if setup.sync_apic_map:
+            # The newest vCPU is missing from KVM's APIC map until a KVM_SET_LAPIC (host
+            # findings 3, rules 33-34); a VMM syncs every vCPU after creating them all.
+            for vcpu in self.vcpus:
+                vcpu.set_lapic(vcpu.get_lapic())
+
+    # --- host ioctls ---------------------------------------------------------------------------
+
+    def msi(self, step: f.Msi) -> dict:
+        return {
+            (None, "result"): self.vm.signal_msi_raw(step.address_lo, step.address_hi, step.data)
+        }
+
+    def observe(self, vcpu_index: int, read: tuple) -> dict:
+        vcpu = self.vcpus[vcpu_index]
+        with self._paused(vcpu_index):
+            out = {}
+            for what in read:
+                if what == "mp_state":
+                    out["mp_state"] = vcpu.get_mp_state()
+                elif what == "regs":
+                    regs = vcpu.get_regs()
+                    out.update(rip=regs.rip, rflags=regs.rflags, rdx=regs.rdx)
+                elif what == "sregs":
+                    out.update(flatten_kvm_sregs(vcpu.get_sregs()))
+                elif what == "events":
+                    events = vcpu.get_vcpu_events()
+                    out["events.sipi_vector"] = events.sipi_vector
+                    out["events.latched_init"] = events.smi.latched_init
+                    out["events.smm"] = events.smi.smm
+        return out
+
+    def get_mp_state(self, vcpu: int) -> dict:
+        with self._paused(vcpu):
+            return {(vcpu, "mp_state"): self.vcpus[vcpu].get_mp_state()}
+
+    def set_mp_state(self, vcpu: int, state: int) -> dict:
+        with self._paused(vcpu):
+            return {(vcpu, "result"): self.vcpus[vcpu].set_mp_state_raw(state)}
+
+    def set_vcpu_events(self, step: f.SetVcpuEvents) -> dict:
+        vcpu = self.vcpus[step.vcpu]
+        with self._paused(step.vcpu):
+            events = vcpu.get_vcpu_events()
+            events.flags = 0
+            if step.sipi_vector is not None:
+                events.flags |= lib.KVM_VCPUEVENT_VALID_SIPI_VECTOR
+                events.sipi_vector = step.sipi_vector
+            if step.latched_init is not None or step.smm is not None:
+                events.flags |= lib.KVM_VCPUEVENT_VALID_SMM
+                if step.latched_init is not None:
+                    events.smi.latched_init = step.latched_init
+                if step.smm is not None:
+                    events.smi.smm = step.smm
+            return {(step.vcpu, "result"): vcpu.set_vcpu_events_raw(events)}
+
+    def set_lapic(self, vcpu: int) -> dict:
+        with self._paused(vcpu):
+            self.vcpus[vcpu].set_lapic(self.vcpus[vcpu].get_lapic())
+        return {(vcpu, "result"): 0}
+
+    def smi(self, vcpu: int) -> dict:
+        with self._paused(vcpu):
+            return {(vcpu, "result"): self.vcpus[vcpu].smi_raw()}
+
+    def nmi(self, vcpu: int) -> dict:
+        with self._paused(vcpu):
+            return {(vcpu, "result"): self.vcpus[vcpu].nmi_raw()}
+
+    # --- guest commands ------------------------------------------------------------------------
+
+    def worker(self, vcpu: int) -> VcpuWorker:
+        if vcpu not in self.workers:
+            self.workers[vcpu] = VcpuWorker(self.guest_vm.stepper(vcpu))
+        return self.workers[vcpu]
+
+    def guest(self, step) -> dict:
+        worker = self.worker(step.vcpu)
+        if isinstance(step, f.Icr):
+            worker.submit(g.CMD_ICR, step.value & 0xFFFFFFFF, step.value >> 32)
+        elif step.command == "start":
+            if step.vcpu == 0 and self.setup.apic == "x2apic":
+                worker.submit(None)  # to the ready report; x2APIC is switched on in settle
+                self._x2apic_after_start = True
+            else:
+                worker.submit(None)
+        elif step.command == "hlt":
+            worker.submit(g.CMD_HLT)
+        elif step.command == "x2apic":
+            worker.submit(g.CMD_X2APIC)
+        elif step.command == "spin":
+            worker.submit(g.CMD_SPIN, step.argument)
+        elif step.command == "report":
+            worker.submit(g.CMD_CS_IP)
+        return {}
+
+    def settle(self, expected: dict, timeout: float = REPORT_TIMEOUT) -> dict:
+        """Collect the reports the model predicts (waiting for each), plus any others."""
+        out = {}
+        for (vcpu, _), _what in sorted(expected.items(), key=lambda kv: kv[0][0]):
+            worker = self.workers.get(vcpu)
+            if worker is None:
+                out[(vcpu, "report")] = "none"
+                continue
+            try:
+                report = worker.reports.get(timeout=timeout)
+            except queue.Empty:
+                out[(vcpu, "report")] = "none"
+                continue
+            out[(vcpu, "report")] = describe_report(report)
+            if report is not None and getattr(report, "kind", None) == "ready":
+                self._after_ready(vcpu, out)
+        for vcpu, worker in self.workers.items():
+            if (vcpu, "report") in out:
+                continue
+            try:
+                report = worker.reports.get_nowait()
+            except queue.Empty:
+                continue
+            out[(vcpu, "report")] = describe_report(report)
+        return out
+
+    def _after_ready(self, vcpu: int, out: dict) -> None:
+        """GuestVm.start() semantics: the BSP switches to x2APIC right after its ready report."""
+        if vcpu == 0 and self.setup.apic == "x2apic" and getattr(self, "_x2apic_after_start", 0):
+            self._x2apic_after_start = False
+            worker = self.workers[0]
+            worker.submit(g.CMD_X2APIC)
+            report = worker.reports.get(timeout=REPORT_TIMEOUT)
+            if describe_report(report) != "x2apic":
+                out[(0, "report")] = f"x2apic switch failed: {describe_report(report)}"
+
+    def _paused(self, vcpu: int):
+        return _Paused(self.workers.get(vcpu))
+
+    def close(self) -> None:
+        try:
+            for worker in self.workers.values():
+                worker.stop()
+        finally:
+            if self.guest_vm is not None:
+                self.guest_vm.close()
+            else:
+                self.vm.close()
+
+
+class _Paused:
+    """Context manager: the vCPU's thread is outside KVM_RUN inside the block."""
+
+    def __init__(self, worker):
+        self.worker = worker
+
+    def __enter__(self):
+        if self.worker is not None:
+            self.worker.pause()
+
+    def __exit__(self, *exc):
+        if self.worker is not None:
+            self.worker.resume()

@@ -1,0 +1,218 @@
+"""The model side of a replay: every trace step applied to reference.Machine.
+
+It mirrors what the real harness does, operation by operation, including what the stepper guest
+does by itself: a vCPU that the model says is running guest code runs up to its next report (a
+landing-page report after a SIPI, a reset report after an INIT restart, the HLT report after a
+wake-up) and leaves KVM_RUN there. Those predicted reports are what kvm_side must then receive.
+"""
+
+import reference
+from reference import GUEST, Machine, RunResult
+
+from . import format as f
+
+# Guest commands and the report the stepper sends when it finishes one normally.
+COMMAND_REPORTS = {"start": "ready", "x2apic": "x2apic", "spin": "spin", "report": "cs_ip"}
+
+
+def flatten_sregs(sregs: dict) -> dict:
+    """{'cs': {'base': ..}} -> {'cs.base': ..}; cr0 as is."""
+    out = {}
+    for name in f.SEGMENTS:
+        for field, value in sregs[name].items():
+            if field in f.SEGMENT_FIELDS:
+                out[f"{name}.{field}"] = value
+    for name in f.TABLES:
+        for field in ("base", "limit"):
+            out[f"{name}.{field}"] = sregs[name][field]
+    out["cr0"] = sregs["cr0"]
+    return out
+
+
+class ModelSide:
+    name = "reference"
+
+    def __init__(self, trace: f.Trace, profile: str, flavour: str, cpuid_1_eax, smm: bool):
+        setup = trace.setup
+        self.setup = setup
+        self.machine = Machine(
+            nr_vcpus=setup.vcpus,
+            profile=profile,
+            flavour=flavour,
+            irqchip=setup.irqchip,
+            cpuid_1_eax=cpuid_1_eax,
+            smm=smm,
+        )
+        self.inside = set()  # vCPUs whose thread is inside KVM_RUN (a command in progress)
+        self.command = {}  # vCPU -> the stepper command in progress
+        if setup.apic == "x2apic" and setup.guest == "none":
+            for vcpu in range(setup.vcpus):
+                self.machine.enable_x2apic(vcpu)  # the host sets APIC_BASE.EXTD
+        if setup.sync_apic_map:
+            for vcpu in range(setup.vcpus):
+                self.machine.set_lapic(vcpu)
+
+    # --- host ioctls ---------------------------------------------------------------------------
+
+    def msi(self, step: f.Msi) -> dict:
+        return {
+            (None, "result"): self.machine.signal_msi(step.address_lo, step.address_hi, step.data)
+        }
+
+    def observe(self, vcpu: int, read: tuple) -> dict:
+        m = self.machine
+        resume = self._pause(vcpu)
+        out = {}
+        for what in read:
+            if what == "mp_state":
+                out["mp_state"] = int(m.get_mp_state(vcpu))
+            elif what == "regs":
+                out.update(m.get_regs(vcpu))
+            elif what == "sregs":
+                out.update(flatten_sregs(m.get_sregs(vcpu)))
+            elif what == "events":
+                events = m.get_vcpu_events(vcpu)
+                out["events.sipi_vector"] = events["sipi_vector"]
+                out["events.latched_init"] = events["smi"]["latched_init"]
+                out["events.smm"] = events["smi"]["smm"]
+        if resume:
+            self._resume(vcpu)
+        return out
+
+    def get_mp_state(self, vcpu: int) -> dict:
+        resume = self._pause(vcpu)
+        value = int(self.machine.get_mp_state(vcpu))
+        if resume:
+            self._resume(vcpu)
+        return {(vcpu, "mp_state"): value}
+
+    def set_mp_state(self, vcpu: int, state: int) -> dict:
+        return {(vcpu, "result"): self._paused(vcpu, self.machine.set_mp_state, state)}
+
+    def set_vcpu_events(self, step: f.SetVcpuEvents) -> dict:
+        flags, kwargs = 0, {}
+        if step.sipi_vector is not None:
+            flags |= reference.profiles.VALID_SIPI_VECTOR
+            kwargs["sipi_vector"] = step.sipi_vector
+        if step.latched_init is not None or step.smm is not None:
+            flags |= reference.profiles.VALID_SMM
+            events = self._paused(step.vcpu, self.machine.get_vcpu_events)
+            kwargs["smm"] = events["smi"]["smm"] if step.smm is None else step.smm
+            kwargs["smi_pending"] = events["smi"]["pending"]
+            latched = events["smi"]["latched_init"]
+            kwargs["latched_init"] = latched if step.latched_init is None else step.latched_init
+        result = self._paused(step.vcpu, self.machine.set_vcpu_events, flags=flags, **kwargs)
+        return {(step.vcpu, "result"): result}
+
+    def set_lapic(self, vcpu: int) -> dict:
+        return {(vcpu, "result"): self._paused(vcpu, self.machine.set_lapic)}
+
+    def smi(self, vcpu: int) -> dict:
+        return {(vcpu, "result"): self._paused(vcpu, self.machine.smi)}
+
+    def nmi(self, vcpu: int) -> dict:
+        return {(vcpu, "result"): self._paused(vcpu, self.machine.nmi)}
+
+    # --- guest commands ------------------------------------------------------------------------
+
+    def guest(self, step) -> dict:
+        """A stepper command: the vCPU's thread enters KVM_RUN and the guest acts."""
+        m, vcpu = self.machine, step.vcpu
+        if vcpu in self.inside:
+            raise reference.ModelError(f"vCPU {vcpu} is still busy with {self.command[vcpu]}")
+        kind = "icr" if isinstance(step, f.Icr) else step.command
+        self.command[vcpu] = kind
+        self.inside.add(vcpu)
+        result = m.enter_run(vcpu)
+        if result is not RunResult.RUNS:
+            return {}  # blocked (an AP not yet started) or refused: reports come later
+        if self._reset_or_landing(vcpu):
+            return {}  # the INIT/SIPI pending at entry wins over the command
+        m.guest_runs(vcpu)
+        if kind == "icr":
+            count = m.icr_write(vcpu, step.value, self.setup.apic == "x2apic")
+            self._report(vcpu, "icr")
+            return {(vcpu, "icr.result"): count} if count == "#GP" else {}
+        if kind == "x2apic":
+            m.enable_x2apic(vcpu)
+        if kind == "hlt":
+            m.guest_hlt(vcpu)
+            if m.run_status(vcpu) is RunResult.RUNS:  # HLT with events pending: no sleep
+                self._report(vcpu, "hlt")
+            return {}
+        if kind == "start" and vcpu == 0 and self.setup.apic == "x2apic":
+            m.enable_x2apic(0)  # GuestVm.start() switches the BSP to x2APIC
+        self._report(vcpu, COMMAND_REPORTS.get(kind, kind))
+        return {}
+
+    def _report(self, vcpu: int, what: str) -> None:
+        """The guest reported by port I/O: its thread is out of KVM_RUN, the command done."""
+        self.machine.kick_out(vcpu)
+        self.inside.discard(vcpu)
+        self.command.pop(vcpu, None)
+        self.reports[vcpu] = what
+
+    def _reset_or_landing(self, vcpu: int) -> bool:
+        """If the vCPU now runs from the reset vector or a SIPI landing page, the guest reports
+        that; returns True then. Registers the model knows mean a reset or SIPI since the guest
+        last ran (guest_runs turns everything into GUEST)."""
+        regs = self.machine.vcpus[vcpu].regs
+        if regs["rip"] is GUEST:
+            return False
+        cs = regs["cs"]
+        if regs["rip"] == 0:
+            vector = self.machine.vcpus[vcpu].sipi_vector if cs is GUEST else cs.selector >> 8
+            what = f"sipi {vector:#x}"
+        elif cs is not GUEST and cs.selector == 0xF000 and regs["rip"] == 0xFFF0:
+            what = "reset"
+        else:
+            return False
+        self.machine.guest_runs(vcpu)
+        self._report(vcpu, what)
+        return True
+
+    # --- the threads inside KVM_RUN ------------------------------------------------------------
+
+    def begin_step(self) -> None:
+        self.reports = {}
+
+    def settle(self) -> dict:
+        """Let every thread inside KVM_RUN react; return the reports the step caused."""
+        m = self.machine
+        for _ in range(4 * len(m.vcpus) + 4):
+            m.settle()
+            changed = False
+            for vcpu in sorted(self.inside):
+                status = m.run_status(vcpu)
+                if status is RunResult.EAGAIN or status is RunResult.EINTR:
+                    m.enter_run(vcpu)  # the stepper re-enters KVM_RUN at once
+                    changed = True
+                elif status is RunResult.RUNS:
+                    if not self._reset_or_landing(vcpu):
+                        m.guest_runs(vcpu)  # woken from HLT: the instruction after it
+                        self._report(vcpu, "hlt" if self.command.get(vcpu) == "hlt" else "woke")
+                    changed = True
+            if not changed:
+                break
+        return {(vcpu, "report"): what for vcpu, what in self.reports.items()}
+
+    def _pause(self, vcpu: int) -> bool:
+        """Kick a vCPU out of KVM_RUN for a vCPU ioctl (host findings 2); True if it was in."""
+        if vcpu not in self.inside:
+            return False
+        self.machine.kick_out(vcpu)
+        return True
+
+    def _resume(self, vcpu: int) -> None:
+        self.machine.enter_run(vcpu)
+
+    def _paused(self, vcpu: int, function, *args, **kwargs):
+        resume = self._pause(vcpu)
+        try:
+            return function(vcpu, *args, **kwargs)
+        finally:
+            if resume:
+                self._resume(vcpu)
+
+    def close(self) -> None:
+        pass

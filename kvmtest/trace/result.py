@@ -1,0 +1,137 @@
+"""What a trace run produces: the data every reporter (text, KTAP, JSON, JUnit) renders."""
+
+import errno
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+MP_STATE_NAMES = {
+    0: "RUNNABLE",
+    1: "UNINITIALIZED",
+    2: "INIT_RECEIVED",
+    3: "HALTED",
+    4: "SIPI_RECEIVED",
+    5: "STOPPED",
+    6: "CHECK_STOP",
+    7: "OPERATING",
+    8: "LOAD",
+    9: "AP_RESET_HOLD",
+    10: "SUSPENDED",
+}
+
+
+class Status(str, Enum):
+    """KCIDB-like outcome of one trace: a mismatch is FAIL, a harness crash is ERROR."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    ERROR = "error"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One field where KVM and the model disagree."""
+
+    step: int  # index of the step in the trace (0-based)
+    location: str  # "file:line" of the step
+    vcpu: int | None  # None for VM-wide results (an MSI's delivery count)
+    field: str  # "mp_state", "cs.base", "rip", "result", ...
+    expected: object  # the model's value, or the set of allowed values for a concurrent block
+    observed: object  # what KVM showed
+
+    def describe(self) -> str:
+        where = f"vcpu {self.vcpu} " if self.vcpu is not None else ""
+        return (
+            f"{self.location}: step {self.step + 1}: {where}{self.field}: "
+            f"expected {self.show(self.expected)}, observed {self.show(self.observed)}"
+        )
+
+    def show(self, value) -> str:
+        """A value as a kernel developer reads it: mp_state by name, errno by name, hex."""
+        if self.field.startswith("mp_state") and isinstance(value, int):
+            return f"{MP_STATE_NAMES.get(value, 'unknown')} ({value})"
+        if self.field.endswith("result") and isinstance(value, int) and value < 0:
+            return f"-{errno.errorcode.get(-value, str(-value))}"
+        return _show(value)
+
+
+def _show(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return hex(value) if value > 9 or value < -9 else str(value)
+    if isinstance(value, (set, frozenset)):
+        return "one of {" + ", ".join(sorted(_show(v) for v in value)) + "}"
+    return str(value)
+
+
+@dataclass
+class TraceResult:
+    name: str
+    path: str
+    status: Status
+    profile: str
+    backend: str
+    rules: tuple = ()
+    tags: tuple = ()
+    mismatches: list = field(default_factory=list)
+    message: str = ""  # skip reason or error text
+    elapsed: float = 0.0  # seconds
+    repeat: int = 0  # which repetition (0-based) under --repeat
+    outcomes: dict = field(default_factory=dict)  # concurrent blocks: outcome label -> count
+    allowed: dict = field(default_factory=dict)  # concurrent blocks: label -> allowed?
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "status": self.status.value,
+            "profile": self.profile,
+            "backend": self.backend,
+            "rules": list(self.rules),
+            "tags": list(self.tags),
+            "elapsed": round(self.elapsed, 6),
+            "repeat": self.repeat,
+            "message": self.message,
+            "mismatches": [
+                {
+                    "step": m.step + 1,
+                    "location": m.location,
+                    "vcpu": m.vcpu,
+                    "field": m.field,
+                    "expected": _jsonable(m.expected),
+                    "observed": _jsonable(m.observed),
+                }
+                for m in self.mismatches
+            ],
+        }
+
+
+def _jsonable(value):
+    if isinstance(value, (set, frozenset)):
+        return sorted(_jsonable(v) for v in value)
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value if isinstance(value, (int, str, bool, float)) or value is None else str(value)
+
+
+@dataclass
+class RunSummary:
+    results: list
+    host: dict
+    profile: str
+    backend: str
+    elapsed: float
+
+    def count(self, status: Status) -> int:
+        return sum(1 for r in self.results if r.status is status)
+
+    @property
+    def exit_code(self) -> int:
+        """kselftest codes: 0 all passed, 1 any failure or error, 4 everything skipped."""
+        if any(r.status in (Status.FAIL, Status.ERROR) for r in self.results):
+            return 1
+        if self.results and all(r.status is Status.SKIP for r in self.results):
+            return 4
+        return 0

@@ -1,0 +1,101 @@
+"""One thread per vCPU for the kvm backend: it runs stepper commands and can be paused.
+
+A vCPU ioctl on a vCPU whose thread is inside KVM_RUN blocks until KVM_RUN returns (host
+findings 2), so observing a busy vCPU means: ask its worker to pause, kick it out of KVM_RUN,
+wait until it is parked outside, read, and let it re-enter.
+"""
+
+import queue
+import threading
+
+from kvmtest import guest as g
+
+IDLE, BUSY, PAUSED = "idle", "busy", "paused"
+
+
+class VcpuWorker:
+    def __init__(self, stepper: g.Stepper):
+        self.stepper = stepper
+        self.reports: queue.Queue = queue.Queue()  # Report or an exception
+        self._commands: queue.Queue = queue.Queue()
+        self._cond = threading.Condition()
+        self._state = IDLE
+        self._pause_requested = False
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name=f"vcpu{stepper.index}", daemon=True)
+        self._thread.start()
+
+    # --- the worker thread ---------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            item = self._commands.get()
+            if item is None:
+                return
+            command, arg0, arg1 = item
+            if command is not None:
+                self.stepper.post(command, arg0, arg1)
+            try:
+                self.reports.put(self._run_until_report())
+            except Exception as exc:  # handed to the engine, which reports an error
+                self.reports.put(exc)
+            with self._cond:
+                self._state = IDLE
+                self._cond.notify_all()
+
+    def _run_until_report(self):
+        while True:
+            report = self.stepper.run()
+            if report is not None:
+                return report
+            with self._cond:  # kicked: stop, park if the host asked, or it was a stale kick
+                if self._stopping:
+                    return None
+                if self._pause_requested:
+                    self._state = PAUSED
+                    self._cond.notify_all()
+                    while self._pause_requested and not self._stopping:
+                        self._cond.wait()
+                    if self._stopping:
+                        return None
+                    self._state = BUSY
+
+    # --- the engine's side ---------------------------------------------------------------------
+
+    def submit(self, command=None, arg0: int = 0, arg1: int = 0) -> None:
+        """Start a command (None: just enter KVM_RUN, as an AP waiting for its SIPI does)."""
+        with self._cond:
+            self._state = BUSY
+        self._commands.put((command, arg0, arg1))
+
+    def pause(self, timeout: float = 5.0) -> None:
+        """Return once the vCPU's thread is outside KVM_RUN (idle or parked)."""
+        with self._cond:
+            if self._state == IDLE:
+                return
+            self._pause_requested = True
+        self.stepper.kick()
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._state in (IDLE, PAUSED), timeout):
+                raise TimeoutError(f"vCPU {self.stepper.index} did not leave KVM_RUN after a kick")
+
+    def resume(self) -> None:
+        with self._cond:
+            self._pause_requested = False
+            self._cond.notify_all()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the thread, kicking it out of KVM_RUN if needed; the vCPU is left as it is."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self.stepper.kick()
+        self._commands.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"vCPU {self.stepper.index}: worker did not stop")
+
+    @property
+    def busy(self) -> bool:
+        with self._cond:
+            return self._state != IDLE
