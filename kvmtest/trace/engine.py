@@ -11,10 +11,9 @@ import time
 from dataclasses import dataclass
 
 import reference
-from reference import GUEST
-
 from kvmtest.guest import GuestError
 from kvmtest.kvm import KvmError
+from reference import GUEST
 
 from . import format as f
 from .model_side import ModelSide

@@ -95,7 +95,8 @@ def parse_trace(text: str, path: str = "<string>") -> f.Trace:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise TraceError(path, mark.line + 1 if mark else None, f"not valid YAML: {problem}")
+        line = mark.line + 1 if mark else None
+        raise TraceError(path, line, f"not valid YAML: {problem}") from None
     ctx = _Context(path)
     top = ctx.mapping(
         document,

@@ -4,20 +4,7 @@ import errno
 from dataclasses import dataclass, field
 from enum import Enum
 
-
-MP_STATE_NAMES = {
-    0: "RUNNABLE",
-    1: "UNINITIALIZED",
-    2: "INIT_RECEIVED",
-    3: "HALTED",
-    4: "SIPI_RECEIVED",
-    5: "STOPPED",
-    6: "CHECK_STOP",
-    7: "OPERATING",
-    8: "LOAD",
-    9: "AP_RESET_HOLD",
-    10: "SUSPENDED",
-}
+from .format import MP_STATE_NAMES
 
 
 class Status(str, Enum):
