@@ -44,8 +44,9 @@ is what sequential replay does after each operation. An explorer runs each threa
 list as ``atomic_steps`` and interleaves those with ``pending_steps``, using ``clone()`` and the
 hashable ``key()`` for a visited set::
 
-    for step in m.atomic_steps("guest_hlt", 1):   # [Step('hlt_exit', (1,)), Step('emulate_halt', (1,))]
-        m.apply(step)                             # another thread's step may come in between
+    # [Step('hlt_exit', (1,)), Step('emulate_halt', (1,))]
+    for step in m.atomic_steps("guest_hlt", 1):
+        m.apply(step)  # another thread's step may come in between
 
 A vCPU ioctl (GET/SET_MP_STATE, GET_REGS, ...) on a vCPU whose thread is inside KVM_RUN would
 block until KVM_RUN returns (host findings 2), so the model refuses it with ``ModelError``:
@@ -240,6 +241,8 @@ class VCpu:
         "smm",
         "smi_pending",
         "nmi_pending",
+        "pv_unhalted",
+        "nested_block",
         "req_event",
         "phase",
         "last_exit",
@@ -268,6 +271,8 @@ class VCpu:
             self.smm,
             self.smi_pending,
             self.nmi_pending,
+            self.pv_unhalted,
+            self.nested_block,
             self.req_event,
             int(self.phase),
             self.last_exit,
@@ -324,6 +329,8 @@ _OPS = {
     "smi": "smi",
     "rsm": "rsm",
     "nmi": "nmi",
+    "pv_kick": "pv_kick",
+    "guest_blocks_init": "guest_blocks_init",
     "run_entry": "_run_entry",
     "guest_runs": "guest_runs",
     "hlt_exit": "_hlt_exit",
@@ -386,6 +393,7 @@ class Machine:
         v.pending_init = v.pending_sipi = False
         v.sipi_vector = 0  # rule 14: zero only because the LAPIC is zero-allocated
         v.smm = v.smi_pending = v.nmi_pending = v.req_event = False
+        v.pv_unhalted = v.nested_block = False
         v.phase = Phase.OUT
         v.last_exit = None
         v.regs = R.reset_image(self.profile.image, self.flavour, bsp=is_bsp)
@@ -428,8 +436,10 @@ class Machine:
         return v.index == self.bsp_id
 
     def init_allowed(self, v: VCpu) -> bool:
-        """rules 15-16: kvm_apic_init_sipi_allowed (SMM; VMX root / GIF=0 are not modelled)."""
-        return not (self.profile.init_blocked_in_smm and v.smm)
+        """rules 15-16: kvm_apic_init_sipi_allowed: not in SMM, not in VMX root operation or
+        with GIF = 0 (``guest_blocks_init``)."""
+        p = self.profile
+        return not ((p.init_blocked_in_smm and v.smm) or (p.init_blocked_nested and v.nested_block))
 
     def _has_init_sipi(self, v: VCpu) -> bool:
         """rule 18: pending INIT/SIPI count as events (6.1+: only when allowed)."""
@@ -447,7 +457,7 @@ class Machine:
         """kvm_arch_vcpu_runnable: what ends kvm_vcpu_block."""
         if self.gen == 1:
             return v.mp_state in (RUN, SR) or v.nmi_pending  # a.1
-        return v.mp_state == RUN or self._has_events(v)  # rule 18
+        return v.mp_state == RUN or v.pv_unhalted or self._has_events(v)  # rule 18
 
     # ------------------------------------------------------------------ target-side processing
 
@@ -467,6 +477,12 @@ class Machine:
             v.ldr = 0
         self._recalc_map()
 
+    def _set_runnable(self, v: VCpu) -> None:
+        """kvm_set_mp_state(R): from 6.15 it also clears pv_unhalted (rule 21)."""
+        v.mp_state = RUN
+        if self.profile.runnable_clears_pv_unhalted:
+            v.pv_unhalted = False
+
     def _init_reset(self, v: VCpu) -> None:
         """rule 10: kvm_vcpu_reset(init_event=true) and the resulting state."""
         v.regs = R.init_image(
@@ -475,7 +491,11 @@ class Machine:
         v.nmi_pending = False  # c.1: pending NMI and SMI cleared
         v.smi_pending = False
         self._lapic_reset(v)
-        v.mp_state = ACCEPT_INIT["BSP" if self.is_bsp(v.index) else "AP"]  # rules 10, 11
+        new = ACCEPT_INIT["BSP" if self.is_bsp(v.index) else "AP"]  # rules 10, 11
+        if new == RUN:
+            self._set_runnable(v)
+        else:
+            v.mp_state = new
 
     def _accept_events(self, v: VCpu) -> None:
         """kvm_apic_accept_events (generation 2+): INIT before SIPI (rule 9)."""
@@ -492,7 +512,7 @@ class Machine:
             new = ACCEPT_SIPI.get(v.mp_state, ACCEPT_SIPI[ANY])
             if new is not KEEP:  # rule 12: elsewhere dropped, sipi_vector kept
                 R.sipi_fixup(v.regs, v.sipi_vector)  # rule 13
-                v.mp_state = new
+                self._set_runnable(v)
 
     # ------------------------------------------------------------------ delivery
 
@@ -538,7 +558,11 @@ class Machine:
             # rule 5: dropped while software-disabled. Accepted fixed interrupts are counted
             # only: IRR and the IF-dependent wake-up from HLT are not modelled.
             return 1 if v.sw_enabled else 0
-        return 0  # EXTINT, REMRD: ignored by __apic_accept_irq
+        if dm == enc.DM_REMRD and self.profile.pv_unhalt:
+            v.pv_unhalted = True  # KVM_HC_KICK_CPU is delivered as REMRD (rules 21, 22, 24)
+            v.req_event = True
+            return 1
+        return 0  # EXTINT (and REMRD before PV unhalt): ignored by __apic_accept_irq
 
     def _lowest_prio(self, irq: enc.Irq) -> bool:
         return irq.delivery_mode == enc.DM_LOWEST or (self.gen >= 3 and irq.redir_hint)
@@ -721,6 +745,8 @@ class Machine:
         v = self._ioctl(vcpu, "KVM_GET_MP_STATE")
         if self.profile.get_mp_state_processes and self.lapic:
             self._accept_events(v)  # rule 24
+        if v.pv_unhalted and v.mp_state in (H, ARH):
+            return RUN  # rule 24: H and ARH reported as R when pv_unhalted
         return _state(v.mp_state)
 
     def set_mp_state(self, vcpu: int, value: int) -> int:
@@ -744,7 +770,10 @@ class Machine:
             and (not self.init_allowed(v) or v.smi_pending)
         ):
             return EINVAL  # rule 28 (to 6.16)
-        v.mp_state = new
+        if new == RUN:
+            self._set_runnable(v)
+        else:
+            v.mp_state = new
         if add_sipi:
             v.pending_sipi = True  # rule 25
         v.req_event = True
@@ -859,6 +888,23 @@ class Machine:
         v.smi_pending = True
         v.req_event = True
         return 0
+
+    def pv_kick(self, sender: int, dest_apic_id: int) -> int:
+        """The guest's KVM_HC_KICK_CPU hypercall: a REMRD IPI that sets pv_unhalted (3.12+)."""
+        if not self.profile.pv_unhalt:
+            raise ModelError(f"{self.profile.name} has no PV unhalt (KVM_HC_KICK_CPU)")
+        irq = enc.Irq(0, enc.DM_REMRD, False, False, False, enc.SH_NONE, dest_apic_id)
+        return self._deliver(irq, self._v(sender))
+
+    def guest_blocks_init(self, vcpu: int, blocked: bool) -> None:
+        """The guest enters (VMXON, CLGI) or leaves (VMXOFF, STGI) a state that latches INIT
+        (rule 16). Leaving it raises KVM_REQ_EVENT if INIT/SIPI is pending (6.1 commits)."""
+        v = self._v(vcpu)
+        if v.phase != Phase.GUEST:
+            raise ModelError(f"vCPU {vcpu} is not running guest code ({v!r})")
+        v.nested_block = blocked
+        if not blocked and (v.pending_init or v.pending_sipi):
+            v.req_event = True
 
     def nmi(self, vcpu: int) -> int:
         """KVM_NMI: queue an NMI and request event processing."""
@@ -975,7 +1021,12 @@ class Machine:
         if not self.lapic:
             self._leave(v, RunResult.EXIT_HLT)  # userspace emulates HLT
             return
-        v.mp_state = HLT[self.profile.hlt_checks_pending_events][self._has_events(v)]
+        pending = self._has_events(v) or v.pv_unhalted
+        new = HLT[self.profile.hlt_checks_pending_events][pending]  # rule 22
+        if new == RUN:
+            self._set_runnable(v)
+        else:
+            v.mp_state = new
         # __vcpu_run / vcpu_run loop: R re-enters the guest, anything else blocks.
         v.phase = Phase.GUEST if v.mp_state == RUN else Phase.BLOCKED
 
@@ -1061,6 +1112,7 @@ class Machine:
         new, nxt = table.get(v.mp_state, table[ANY])
         if new is not KEEP:
             v.mp_state = new  # rule 19: H -> R even if the waking SIPI was dropped
+            v.pv_unhalted = False  # rule 21: the wake-up path always cleared it
         if nxt == "run":
             v.phase = Phase.GUEST
         elif nxt == "eintr":

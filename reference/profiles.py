@@ -39,6 +39,12 @@ class Profile:
     bsp_by_apic_base: bool
     # rules 15-17: INIT latched and SIPI dropped while in SMM (4.2+).
     init_blocked_in_smm: bool
+    # rule 16: INIT latched in VMX root operation / with GIF = 0 (5.4+).
+    init_blocked_nested: bool
+    # rules 21, 22, 24: PV unhalt (KVM_HC_KICK_CPU, delivery mode REMRD; 3.12+).
+    pv_unhalt: bool
+    # rule 21: every switch to RUNNABLE clears pv_unhalted (kvm_set_mp_state, 6.15).
+    runnable_clears_pv_unhalted: bool
     # rule 18: a pending INIT/SIPI makes the vCPU runnable only when INIT/SIPI are allowed (6.1+).
     runnable_needs_init_allowed: bool
     # rule 22: HLT keeps R when events are already pending (False: H unconditionally).
@@ -75,6 +81,9 @@ LINUX_3_9 = Profile(
     sender_writes_mp_state=True,
     bsp_by_apic_base=False,
     init_blocked_in_smm=False,
+    init_blocked_nested=False,
+    pv_unhalt=False,
+    runnable_clears_pv_unhalted=False,
     runnable_needs_init_allowed=False,
     hlt_checks_pending_events=False,
     get_mp_state_processes=False,
@@ -113,6 +122,9 @@ LINUX_6_1 = Profile(
     sender_writes_mp_state=False,
     bsp_by_apic_base=True,
     init_blocked_in_smm=True,
+    init_blocked_nested=True,
+    pv_unhalt=True,
+    runnable_clears_pv_unhalted=False,
     runnable_needs_init_allowed=True,
     hlt_checks_pending_events=True,
     get_mp_state_processes=True,
@@ -146,6 +158,7 @@ MAINLINE = replace(
     name="mainline",
     description="6.17+ (host runs 6.18): SMM checks moved from SET_MP_STATE to KVM_RUN",
     set_mp_state_rejects_wfs_when_blocked=False,
+    runnable_clears_pv_unhalted=True,
     run_rejects_blocked_ir=True,
     run_rejects_sipi_received=True,
     vcpu_events_rejects_smm_in_ir=False,

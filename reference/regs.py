@@ -3,8 +3,9 @@
 A vCPU's register file is a dict: ``rip``, ``rflags``, ``rdx``, ``cr0``, the eight segment
 registers (``Segment``) and ``gdt``/``idt`` (``DTable``). A value is an int, or ``GUEST`` when
 the guest ran code since the last reset (the model does not know it; comparisons skip it).
-A value the reset does not write is *kept*: copied from the old file, so "left as the last write
-made it" and "reset" stay distinct (and a kept GUEST stays GUEST).
+Segments and descriptor tables hold GUEST field by field. A value the reset does not write is
+*kept*: copied from the old file, so "left as the last write made it" and "reset" stay distinct
+(and a kept GUEST stays GUEST).
 
 Flavours differ only in the segment types KVM_GET_SREGS reports (quirk d.7.13, table c.2);
 ``pvm`` is this host's kvm_pvm, which reports the VMX types (host findings).
@@ -150,8 +151,6 @@ def _kept_base(old: dict | None, name: str):
     """A descriptor table whose limit is reset but whose base is left as it was."""
     if old is None:
         return DTable(0, 0xFFFF)
-    if old[name] is GUEST:
-        return GUEST
     return DTable(old[name].base, 0xFFFF)
 
 
@@ -188,31 +187,32 @@ def v1_sipi_image(
 
 
 def sipi_fixup(regs: dict, vector: int) -> None:
-    """Rule 13: CS.selector = v << 8, CS.base = v << 12, RIP = 0; nothing else changes.
-    (A GUEST CS stays GUEST apart from the two fields, which the model then knows.)"""
-    cs = regs["cs"]
-    if cs is GUEST:
-        # Limit and attributes unknown: the model cannot build a full segment. Keep GUEST.
-        regs["rip"] = 0
-        return
-    regs["cs"] = cs._replace(selector=(vector << 8) & 0xFFFF, base=vector << 12)
+    """Rule 13: CS.selector = v << 8, CS.base = v << 12, RIP = 0; nothing else changes
+    (fields the guest owned stay GUEST)."""
+    regs["cs"] = regs["cs"]._replace(selector=(vector << 8) & 0xFFFF, base=vector << 12)
     regs["rip"] = 0
 
 
+GUEST_SEGMENT = Segment(*(GUEST,) * len(Segment._fields))
+GUEST_DTABLE = DTable(GUEST, GUEST)
+
+
 def guest_ran(regs: dict) -> None:
-    """design.md: the guest executed code, so every value it owns is GUEST."""
-    for name in GUEST_OWNED:
+    """design.md: the guest executed code, so every value it owns is GUEST (field by field, so
+    that a later partial write, such as the SIPI fix-up, leaves the other fields GUEST)."""
+    for name in GPRS:
         regs[name] = GUEST
+    regs["cr0"] = GUEST
+    for name in SEGMENTS:
+        regs[name] = GUEST_SEGMENT
+    for name in DTABLES:
+        regs[name] = GUEST_DTABLE
 
 
-def segment_dict(seg) -> dict:
-    """KVM_GET_SREGS form of one segment (all fields GUEST when the guest owns it)."""
-    if seg is GUEST:
-        return {f: GUEST for f in Segment._fields}
+def segment_dict(seg: Segment) -> dict:
+    """KVM_GET_SREGS form of one segment."""
     return seg._asdict()
 
 
-def dtable_dict(dt) -> dict:
-    if dt is GUEST:
-        return {"base": GUEST, "limit": GUEST}
+def dtable_dict(dt: DTable) -> dict:
     return dt._asdict()
