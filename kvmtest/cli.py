@@ -25,7 +25,83 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     doctor.add_argument("--device", default=None, help="KVM device (default /dev/kvm)")
+
+    run = commands.add_parser(
+        "run",
+        help="replay traces against this host's KVM and the reference model",
+        description="Replay trace files (default: the built-in corpus) against real KVM and the "
+        "reference model, and report every difference. Exit codes: 0 all passed, 1 any "
+        "mismatch or error, 2 bad usage or malformed/unreadable input, 4 everything skipped.",
+    )
+    run.add_argument("paths", nargs="*", metavar="PATH", help="trace files or directories")
+    run.add_argument(
+        "--backend",
+        choices=("auto", "kvm", "reference"),
+        default="auto",
+        help="kvm: real VMs; reference: the model alone; auto (default): kvm where usable, "
+        "otherwise reference-only with a banner",
+    )
+    run.add_argument(
+        "--require-kvm", action="store_true", help="with auto: fail instead of falling back"
+    )
+    run.add_argument(
+        "--profile",
+        help="model profile judging the kernel (default: chosen from the kernel release)",
+    )
+    _selection_options(run)
+    run.add_argument(
+        "--repeat", type=_positive, default=1, metavar="N", help="run each trace N times"
+    )
+    run.add_argument(
+        "--jobs", "-j", type=_positive, default=8, metavar="N", help="traces run at once (8)"
+    )
+    run.add_argument(
+        "--timeout", type=float, default=60.0, metavar="SECONDS", help="per-trace timeout (60)"
+    )
+    run.add_argument(
+        "--format", choices=("text", "ktap", "json"), default="text", help="stdout format"
+    )
+    run.add_argument("--junit-xml", metavar="FILE", help="also write JUnit XML to FILE")
+    run.add_argument("--verbose", "-v", action="store_true", help="more detail per trace")
+
+    listing = commands.add_parser(
+        "list",
+        help="list the traces (name, tags, rules covered)",
+        description="List trace files (default: the built-in corpus) with their tags and the "
+        "rule numbers of the semantics notes that each one checks.",
+    )
+    listing.add_argument("paths", nargs="*", metavar="PATH")
+    _selection_options(listing)
     return parser
+
+
+def _selection_options(parser) -> None:
+    parser.add_argument(
+        "-k",
+        dest="patterns",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="only traces whose name contains PATTERN or matches it as a glob (repeatable)",
+    )
+    parser.add_argument(
+        "--tag",
+        dest="tags",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="only traces carrying TAG (repeatable: all must match)",
+    )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def main(argv=None) -> int:
@@ -39,6 +115,17 @@ def main(argv=None) -> int:
             from kvmtest import doctor
 
             return doctor.main(args)
+        from kvmtest import commands as run_commands
+        from kvmtest.runner import UsageError
+
+        try:
+            if args.command == "run":
+                return run_commands.run(args)
+            if args.command == "list":
+                return run_commands.list_traces(args)
+        except UsageError as exc:
+            print(f"kvmtest {args.command}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     except KeyboardInterrupt:
         print("kvmtest: interrupted", file=sys.stderr)
         return 130

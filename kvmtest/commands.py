@@ -1,0 +1,74 @@
+"""The `run` and `list` subcommands: glue between the runner and the reporters."""
+
+import os
+import sys
+import time
+
+from kvmtest import report, runner
+from kvmtest.host import default_profile
+
+EXIT_USAGE = 2
+
+
+def _profile(args, backend) -> str:
+    import reference
+
+    if args.profile:
+        if args.profile not in reference.PROFILES:
+            known = ", ".join(reference.PROFILES)
+            raise runner.UsageError(f"unknown profile {args.profile!r} (known: {known})")
+        return args.profile
+    return default_profile(backend.host.get("kernel", ""))
+
+
+def run(args) -> int:
+    backend = runner.choose_backend(args.backend, args.require_kvm)
+    profile = _profile(args, backend)
+    traces, load_errors = runner.load_traces(args.paths)
+    for error in load_errors:
+        print(f"kvmtest run: {error}", file=sys.stderr)
+    chosen = runner.select(traces, args.patterns, args.tags)
+    if not chosen and not load_errors:
+        raise runner.UsageError("no trace matches the selection")
+    print(f"kvmtest: {backend.banner}; profile {profile}", file=sys.stderr)
+    start = time.perf_counter()
+    with report.Progress(len(chosen) * args.repeat) as progress:
+        results = runner.run_all(
+            chosen,
+            profile,
+            backend.context,
+            repeat=args.repeat,
+            jobs=args.jobs,
+            timeout=args.timeout,
+            progress=progress,
+        )
+    results += [runner.load_error_result(e, profile, backend.context.backend) for e in load_errors]
+    summary = runner.summarize(
+        results, backend.host, profile, backend.context.backend, time.perf_counter() - start
+    )
+    if args.format == "ktap":
+        print(report.render_ktap(summary, nested="KSFT_TAP_LEVEL" in os.environ))
+    elif args.format == "json":
+        print(report.render_json(summary))
+    else:
+        print(report.render_text(summary, verbose=args.verbose))
+    if args.junit_xml:
+        report.write_junit(summary, args.junit_xml)
+    if backend.context.kvm is not None:
+        backend.context.kvm.close()
+    return EXIT_USAGE if load_errors else summary.exit_code
+
+
+def list_traces(args) -> int:
+    traces, load_errors = runner.load_traces(args.paths)
+    for error in load_errors:
+        print(f"kvmtest list: {error}", file=sys.stderr)
+    chosen = runner.select(traces, args.patterns, args.tags)
+    width = max((len(t.name) for t in chosen), default=4)
+    tag_width = max((len(",".join(t.tags)) for t in chosen), default=4)
+    print(f"{'name':<{width}}  {'vcpus':>5}  {'tags':<{tag_width}}  rules")
+    for trace in chosen:
+        tags, rules = ",".join(trace.tags), runner.trace_rules(trace)
+        print(f"{trace.name:<{width}}  {trace.setup.vcpus:>5}  {tags:<{tag_width}}  {rules}")
+    print(f"{len(chosen)} traces", file=sys.stderr)
+    return EXIT_USAGE if load_errors else 0

@@ -1,0 +1,177 @@
+"""`kvmtest run`: choose the backend and profile, load and select traces, run them (concurrently
+with --jobs), and hand a RunSummary to the reporters.
+
+A VM's set-up is mostly waiting inside the kernel (host findings: the first memory slot costs
+milliseconds of wall time and almost no CPU), and cffi releases the GIL, so traces run on
+threads. Every trace runs on its own daemon thread with a deadline: a hung trace is reported as
+an error and the run goes on.
+"""
+
+import fnmatch
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from importlib import resources
+
+from kvmtest.trace import format as f
+from kvmtest.trace.engine import HostContext, run_trace
+from kvmtest.trace.errors import TraceError
+from kvmtest.trace.load import find_trace_files, load_trace
+from kvmtest.trace.result import RunSummary, Status, TraceResult
+
+
+class UsageError(Exception):
+    """Bad options or unreadable input: exit code 2."""
+
+
+def corpus_dir() -> str:
+    return str(resources.files("kvmtest") / "corpus")
+
+
+def load_traces(paths) -> tuple[list, list]:
+    """(traces, errors): each malformed file becomes an ERROR result, never a traceback."""
+    files = find_trace_files(paths or [corpus_dir()])
+    traces, errors = [], []
+    for path in files:
+        if not os.path.exists(path):
+            raise UsageError(f"{path}: no such file or directory")
+        try:
+            traces.append(load_trace(path))
+        except TraceError as exc:
+            errors.append(exc)
+    return traces, errors
+
+
+def select(traces, patterns=(), tags=()) -> list:
+    """-k PATTERN (substring or glob on the name) and --tag TAG (all must match)."""
+    chosen = []
+    for trace in traces:
+        if patterns and not any(
+            p in trace.name or fnmatch.fnmatch(trace.name, p) for p in patterns
+        ):
+            continue
+        if tags and not set(tags) <= set(trace.tags):
+            continue
+        chosen.append(trace)
+    return chosen
+
+
+@dataclass
+class Backend:
+    context: HostContext
+    banner: str  # shown on stderr: why this backend
+    host: dict  # host description for the reports
+
+
+def choose_backend(requested: str, require_kvm: bool) -> Backend:
+    """auto: real KVM where usable, else reference-only with a banner; --require-kvm: error."""
+    from kvmtest import host as host_probe
+
+    info = host_probe.probe()
+    description = info.to_json()
+    if requested == "reference":
+        return Backend(
+            HostContext("reference", flavour=info.flavour), "reference-only (as asked)", description
+        )
+    if not info.full_mode:
+        reason = info.problems[0]
+        if requested == "kvm" or require_kvm:
+            advice = f"; {info.advice[0]}" if info.advice else ""
+            raise UsageError(f"KVM is not usable: {reason}{advice}")
+        return Backend(
+            HostContext("reference", flavour=info.flavour),
+            f"REFERENCE-ONLY MODE: {reason}. Results check the model, not this kernel's KVM.",
+            description,
+        )
+    from kvmtest.kvm import Kvm
+
+    kvm = Kvm()
+    caps = info.capabilities
+    context = HostContext(
+        "kvm",
+        flavour=info.flavour,
+        smm=bool(caps.get("KVM_CAP_X86_SMM")),
+        x2apic=bool(info.x2apic),
+        split_irqchip=bool(caps.get("KVM_CAP_SPLIT_IRQCHIP")),
+        cpuid=kvm.get_supported_cpuid(),
+        kvm=kvm,
+    )
+    return Backend(context, f"kvm: {info.kernel}, {info.backend}", description)
+
+
+def run_all(traces, profile, context, *, repeat=1, jobs=1, timeout=60.0, progress=None) -> list:
+    """Run every (trace, repetition); results in corpus order."""
+    work = [(i, r, t) for i, t in enumerate(traces) for r in range(repeat)]
+    results: dict = {}
+    lock = threading.Lock()
+    pending: queue.Queue = queue.Queue()
+    for item in work:
+        pending.put(item)
+
+    def worker():
+        while True:
+            try:
+                index, rep, trace = pending.get_nowait()
+            except queue.Empty:
+                return
+            result = _run_with_deadline(trace, profile, context, rep, timeout)
+            with lock:
+                results[(index, rep)] = result
+            if progress is not None:
+                progress.advance(result)
+
+    threads = [
+        threading.Thread(target=worker, daemon=True, name=f"trace-runner-{n}")
+        for n in range(max(1, min(jobs, len(work))))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [results[(i, r)] for i, r, _ in work]
+
+
+def _run_with_deadline(trace, profile, context, rep, timeout) -> TraceResult:
+    box = []
+    thread = threading.Thread(
+        target=lambda: box.append(run_trace(trace, profile, context, rep)), daemon=True
+    )
+    start = time.perf_counter()
+    thread.start()
+    thread.join(timeout)
+    if box:
+        return box[0]
+    return TraceResult(
+        name=trace.name,
+        path=trace.path,
+        status=Status.ERROR,
+        profile=profile,
+        backend=context.backend,
+        rules=trace.rules,
+        tags=trace.tags,
+        message=f"timed out after {timeout:g} s (the trace's VM is abandoned)",
+        elapsed=time.perf_counter() - start,
+        repeat=rep,
+    )
+
+
+def load_error_result(error: TraceError, profile: str, backend: str) -> TraceResult:
+    name = os.path.splitext(os.path.basename(error.path))[0]
+    return TraceResult(
+        name=name,
+        path=error.path,
+        status=Status.ERROR,
+        profile=profile,
+        backend=backend,
+        message=str(error),
+    )
+
+
+def summarize(results, host, profile, backend, elapsed) -> RunSummary:
+    return RunSummary(results=results, host=host, profile=profile, backend=backend, elapsed=elapsed)
+
+
+def trace_rules(trace: f.Trace) -> str:
+    return ", ".join(trace.rules) or "-"
