@@ -176,7 +176,7 @@ def run_trace(trace: f.Trace, profile: str, host: HostContext, repeat: int = 0) 
 
 
 def _reports(predicted: dict) -> dict:
-    return {key: value for key, value in predicted.items() if key[1] == "report"}
+    return {key: value for key, value in predicted.items() if key[1] in ("report", "thread")}
 
 
 def _error(result, trace, index, step, message: str) -> None:

@@ -174,7 +174,8 @@ class KvmSide:
     def settle(self, expected: dict, timeout: float = REPORT_TIMEOUT) -> dict:
         """Collect the reports the model predicts (waiting for each), plus any others."""
         out = {}
-        for (vcpu, _), _what in sorted(expected.items(), key=lambda kv: kv[0][0]):
+        reports = sorted(vcpu for vcpu, field in expected if field == "report")
+        for vcpu in reports:
             worker = self.workers.get(vcpu)
             if worker is None:
                 out[(vcpu, "report")] = "none"
@@ -187,6 +188,11 @@ class KvmSide:
             out[(vcpu, "report")] = describe_report(report)
             if report is not None and getattr(report, "kind", None) == "ready":
                 self._after_ready(vcpu, out)
+        for (vcpu, field), _ in expected.items():
+            if field == "thread":
+                worker = self.workers.get(vcpu)
+                asleep = worker is not None and worker.wait_asleep(timeout)
+                out[(vcpu, "thread")] = "blocked" if asleep else "running"
         for vcpu, worker in self.workers.items():
             if (vcpu, "report") in out:
                 continue

@@ -51,6 +51,23 @@ class ModelSide:
         if setup.sync_apic_map:
             for vcpu in range(setup.vcpus):
                 self.machine.set_lapic(vcpu)
+        if setup.guest != "none":
+            self._loader_registers()
+
+    def _loader_registers(self) -> None:
+        """Mirror GuestVm's KVM_SET_SREGS/SET_REGS on the BSP: real mode at 0:ENTRY_BSP, FS
+        based at the xAPIC page (kvmtest/guest.py)."""
+        from kvmtest import guest
+
+        m = self.machine
+        sregs = m.vcpus[0].regs
+        segments = {
+            name: sregs[name]._replace(selector=0, base=0, limit=0xFFFF)
+            for name in ("cs", "ds", "es", "ss", "gs", "fs")
+        }
+        segments["fs"] = segments["fs"]._replace(base=guest.XAPIC_BASE)
+        m.set_sregs(0, **segments)
+        m.set_regs(0, rip=guest.ENTRY_BSP, rflags=0x2)
 
     # --- host ioctls ---------------------------------------------------------------------------
 
@@ -194,7 +211,11 @@ class ModelSide:
                     changed = True
             if not changed:
                 break
-        return {(vcpu, "report"): what for vcpu, what in self.reports.items()}
+        out = {(vcpu, "report"): what for vcpu, what in self.reports.items()}
+        for vcpu in self.inside:
+            if m.run_status(vcpu) is RunResult.BLOCKED:
+                out[(vcpu, "thread")] = "blocked"  # asleep inside KVM_RUN (HLT, U, IR)
+        return out
 
     def _pause(self, vcpu: int) -> bool:
         """Kick a vCPU out of KVM_RUN for a vCPU ioctl (host findings 2); True if it was in."""

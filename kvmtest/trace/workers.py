@@ -7,6 +7,7 @@ wait until it is parked outside, read, and let it re-enter.
 
 import queue
 import threading
+import time
 
 from kvmtest import guest as g
 
@@ -22,12 +23,14 @@ class VcpuWorker:
         self._state = IDLE
         self._pause_requested = False
         self._stopping = False
+        self.native_id = None  # the worker thread's kernel TID, set when it starts
         self._thread = threading.Thread(target=self._loop, name=f"vcpu{stepper.index}", daemon=True)
         self._thread.start()
 
     # --- the worker thread ---------------------------------------------------------------------
 
     def _loop(self) -> None:
+        self.native_id = threading.get_native_id()
         while True:
             item = self._commands.get()
             if item is None:
@@ -95,7 +98,36 @@ class VcpuWorker:
         if self._thread.is_alive():
             raise TimeoutError(f"vCPU {self.stepper.index}: worker did not stop")
 
+    def wait_asleep(self, timeout: float) -> bool:
+        """Wait until the thread sleeps inside KVM_RUN (HLT, UNINITIALIZED, INIT_RECEIVED).
+
+        A guest runs slowly here, so right after a HLT command it may still be on its way to
+        the HLT; observing it then would catch it RUNNABLE. The kernel's view of the thread
+        (state S in /proc) says when it is really blocked. KVM's halt polling keeps it R for
+        a moment first, which only delays this.
+        """
+        deadline = time.monotonic() + timeout
+        while self.native_id is None and time.monotonic() < deadline:
+            time.sleep(0.0002)
+        path = f"/proc/self/task/{self.native_id}/stat"
+        while True:
+            with self._cond:
+                busy = self._state != IDLE
+            if busy and _thread_state(path) == "S" and self.stepper.vcpu._thread is not None:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.0002)
+
     @property
     def busy(self) -> bool:
         with self._cond:
             return self._state != IDLE
+
+
+def _thread_state(path: str) -> str:
+    try:
+        with open(path) as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
