@@ -342,6 +342,26 @@ _OPS = {
 }
 
 
+# Steps that are guest instructions (need guest mode) and vCPU ioctls (need the thread out).
+_GUEST_STEPS = frozenset({"guest_runs", "hlt_exit", "rsm", "guest_blocks_init"})
+_IOCTL_STEPS = frozenset(
+    {
+        "get_mp_state",
+        "set_mp_state",
+        "get_regs",
+        "get_sregs",
+        "set_regs",
+        "set_sregs",
+        "get_vcpu_events",
+        "set_vcpu_events",
+        "set_lapic",
+        "smi",
+        "nmi",
+        "run_entry",
+    }
+)
+
+
 class Machine:
     """One VM with an in-kernel (or split, or no) irqchip, as a given kernel would run it."""
 
@@ -994,9 +1014,11 @@ class Machine:
         return RunResult.BLOCKED
 
     def guest_runs(self, vcpu: int) -> None:
-        """The guest executed code: every register it owns becomes GUEST (design.md)."""
+        """The guest executed code: every register it owns becomes GUEST (design.md).
+        Only while the thread is in guest mode (in V1 mp_state may already read IR then: the
+        sender wrote it and the kick has not been handled yet)."""
         v = self._v(vcpu)
-        if v.phase != Phase.GUEST or v.mp_state != RUN:
+        if v.phase != Phase.GUEST:
             raise ModelError(f"vCPU {vcpu} is not running guest code ({v!r})")
         R.guest_ran(v.regs)
 
@@ -1008,7 +1030,7 @@ class Machine:
     def _hlt_exit(self, vcpu: int) -> None:
         """Atomic step: the HLT VM exit; handle_halt is about to call kvm_emulate_halt."""
         v = self._v(vcpu)
-        if v.phase != Phase.GUEST or v.mp_state != RUN:
+        if v.phase != Phase.GUEST:
             raise ModelError(f"vCPU {vcpu} cannot execute HLT: not running guest code ({v!r})")
         R.guest_ran(v.regs)  # the guest ran up to the HLT
         v.phase = Phase.HALT_EXIT
@@ -1156,6 +1178,19 @@ class Machine:
         if op_name not in _OPS or op_name in ("guest_event", "wake", "wake_uninit"):
             raise ModelError(f"unknown operation {op_name!r}")
         return [Step(op_name, args)]
+
+    def can_apply(self, step: Step) -> bool:
+        """Whether the thread can perform ``step`` now: guest instructions need the vCPU in
+        guest mode, vCPU ioctls and KVM_RUN need its thread outside KVM_RUN. An explorer treats
+        a step that cannot be applied as disabled (the guest lost control, e.g. to an INIT)."""
+        vcpu = step.args[0] if step.args else None
+        if step.op in _GUEST_STEPS:
+            return self._v(vcpu).phase == Phase.GUEST
+        if step.op == "emulate_halt":
+            return self._v(vcpu).phase == Phase.HALT_EXIT
+        if step.op in _IOCTL_STEPS:
+            return self._v(vcpu).phase == Phase.OUT
+        return step.op in _OPS
 
     def apply(self, step: Step):
         """Perform one atomic step (from atomic_steps) and return its result."""
