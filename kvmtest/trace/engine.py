@@ -79,6 +79,8 @@ def _outputs(side, step) -> dict:
         return side.nmi(step.vcpu)
     if isinstance(step, (f.Icr, f.GuestCommand)):
         return side.guest(step)
+    if isinstance(step, f.SmpBoot):
+        return side.smp_boot(step)
     raise NotImplementedError(f"{step.kind} steps are not replayed yet")
 
 

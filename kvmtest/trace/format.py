@@ -152,6 +152,15 @@ class GuestCommand(Step):
 
 
 @dataclass(frozen=True)
+class SmpBoot(Step):
+    """The smp image's BSP brings up every AP by itself, every vCPU on its own thread."""
+
+    broadcast: bool = False  # INIT + SIPI to all-but-self, else INIT-SIPI-SIPI per APIC ID
+    vector: int = 0x10
+    kind = "smp_boot"
+
+
+@dataclass(frozen=True)
 class Branch:
     thread: str  # "host" or "vcpuN"
     steps: tuple

@@ -171,6 +171,10 @@ class KvmSide:
             worker.submit(g.CMD_CS_IP)
         return {}
 
+    def smp_boot(self, step: f.SmpBoot) -> dict:
+        result = self.guest_vm.smp_boot(broadcast=step.broadcast, vector=step.vector)
+        return {(None, "smp.online"): result.online, (None, "smp.expected"): result.expected}
+
     def settle(self, expected: dict, timeout: float = REPORT_TIMEOUT) -> dict:
         """Collect the reports the model predicts (waiting for each), plus any others."""
         out = {}

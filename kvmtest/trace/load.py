@@ -369,6 +369,15 @@ def _step(ctx, value, line, setup: f.Setup, nested: bool, thread: str | None = N
             iterations = ctx.integer(body["iterations"], "spin.iterations", line, 0, 100_000)
             return f.GuestCommand(line, ctx.vcpu(body["vcpu"], "vcpu", line), kind, iterations)
         return f.GuestCommand(line, ctx.vcpu(body, kind, line), kind)
+    if kind == "smp_boot":
+        if setup.guest != "smp-boot":
+            raise ctx.error(line, "step 'smp_boot' needs setup.guest: smp-boot")
+        body = ctx.mapping(body or {}, kind, line, {"broadcast", "vector"})
+        broadcast = body.get("broadcast", False)
+        if not isinstance(broadcast, bool):
+            raise ctx.error(line, "smp_boot.broadcast must be true or false")
+        vector = ctx.integer(body.get("vector", 0x10), "smp_boot.vector", line, 0x08, 0x9F)
+        return f.SmpBoot(line, broadcast, vector)
     if kind == "concurrently":
         if nested:
             raise ctx.error(line, "concurrently blocks cannot nest")
@@ -376,7 +385,7 @@ def _step(ctx, value, line, setup: f.Setup, nested: bool, thread: str | None = N
     known = (
         "msi, icr, observe, get_mp_state, set_mp_state, set_vcpu_events, set_lapic, smi, nmi, "
         + ", ".join(GUEST_COMMANDS)
-        + ", concurrently"
+        + ", smp_boot, concurrently"
     )
     raise ctx.error(line, f"unknown step {kind!r} (known: {known})")
 

@@ -188,6 +188,59 @@ class ModelSide:
         self._report(vcpu, what)
         return True
 
+    def smp_boot(self, step: f.SmpBoot) -> dict:
+        """What guests/src/smp.s does, with every AP reacting as soon as it can: the BSP sends
+        INIT-SIPI-SIPI per APIC ID (or INIT and SIPI to all-but-self); each AP lands, counts
+        itself online and parks in HLT. The end state does not depend on the timing."""
+        m, x2apic = self.machine, self.setup.apic == "x2apic"
+        aps = range(1, len(m.vcpus))
+        for ap in aps:
+            m.enter_run(ap)
+            self.inside.add(ap)
+            self.command[ap] = "smp"
+        m.enter_run(0)
+        m.guest_runs(0)
+        if x2apic:
+            m.enable_x2apic(0)
+        self.online = 0
+
+        def send(low: int, dest: int) -> None:
+            m.icr_write(0, (dest << 32 if x2apic else dest << 56) | low, x2apic)
+            self._smp_settle()
+
+        if step.broadcast:
+            send(0x000C4500, 0)
+            send(0x000C4600 | step.vector, 0)
+        else:
+            for ap in aps:
+                send(0x00004500, ap)
+                send(0x00004600 | step.vector, ap)
+                send(0x00004600 | step.vector, ap)
+        for vcpu in [0, *aps]:  # smp_boot() stops every thread after the BSP's report
+            m.kick_out(vcpu)
+            self.inside.discard(vcpu)
+        return {(None, "smp.online"): self.online, (None, "smp.expected"): len(aps)}
+
+    def _smp_settle(self) -> None:
+        m = self.machine
+        for _ in range(16 * len(m.vcpus)):
+            m.settle()
+            moved = False
+            for ap in sorted(self.inside):
+                status = m.run_status(ap)
+                if status in (RunResult.EAGAIN, RunResult.EINTR):
+                    m.enter_run(ap)
+                    moved = True
+                elif status is RunResult.RUNS:
+                    if m.vcpus[ap].regs["rip"] == 0:
+                        self.online += 1  # landed: lock incw SMP_ONLINE
+                    m.guest_runs(ap)
+                    m.guest_hlt(ap)  # PARK
+                    moved = True
+            if not moved:
+                return
+        raise reference.ModelError("smp boot: the APs do not settle")
+
     # --- the threads inside KVM_RUN ------------------------------------------------------------
 
     def begin_step(self) -> None:
