@@ -15,6 +15,8 @@ STATUS_WORD = {
 }
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Lone surrogates (undecodable bytes of a path, via surrogateescape) cannot be encoded to UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _SPACES = re.compile(r"\s+")
 
 
@@ -32,21 +34,11 @@ def format_duration(seconds: float) -> str:
     return f"{minutes} min {rest:02d} s"
 
 
-def format_value(value) -> str:
-    """A model or KVM value the way Mismatch.describe() shows it: hex above 9, sets as 'one of'."""
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, int):
-        return hex(value) if value > 9 or value < -9 else str(value)
-    if isinstance(value, (set, frozenset)):
-        return "one of {" + ", ".join(sorted(format_value(v) for v in value)) + "}"
-    return str(value)
-
-
 def one_line(text) -> str:
-    """Any text as a single printable line: whitespace runs (newlines too) become one space."""
+    """Any text as a single printable line: whitespace runs (newlines too) become one space,
+    control characters and lone surrogates become visible escapes."""
     text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", _SPACES.sub(" ", str(text)))
-    return text.strip()
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).strip()
 
 
 def ascii_line(text) -> str:

@@ -19,8 +19,8 @@ VERSION = 1
 
 
 def render_json(summary) -> str:
-    """The report as indented JSON text ending in a newline."""
-    return json.dumps(_document(summary), indent=2, default=str, allow_nan=False) + "\n"
+    """The report as indented JSON text (no final newline, like json.dumps)."""
+    return json.dumps(_document(summary), indent=2, default=str, allow_nan=False)
 
 
 def _document(summary) -> dict:
@@ -64,13 +64,16 @@ def _seconds(value):
 def _plain(value):
     """Only JSON types: string keys, lists for tuples and sets, finite floats, str otherwise."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {_plain(str(k)): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, (set, frozenset)):
         return sorted((_plain(v) for v in value), key=str)
     if isinstance(value, float):
         return _seconds(value) if not math.isfinite(value) else value
-    if value is None or isinstance(value, (bool, int, str)):
+    if isinstance(value, str):
+        # lone surrogates (surrogateescape'd bytes) are not Unicode: strict readers refuse them
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if value is None or isinstance(value, (bool, int)):
         return value
     return str(value)

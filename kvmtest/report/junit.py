@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 
 from kvmtest.trace.result import Status
 
-from ._format import format_value, one_line, rules_label
+from ._format import one_line, rules_label
 from ._group import group_results
 from ._outcomes import forbidden_rows, summary_line
 
@@ -29,17 +29,17 @@ def xml_text(value) -> str:
 
 
 def render_junit(summary) -> str:
-    """The JUnit document as a string (UTF-8 declared)."""
+    """The JUnit document as a string (UTF-8 declared, no final newline)."""
     root = _document(summary)
     ET.indent(root)
     body = ET.tostring(root, encoding="unicode")
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + body + "\n"
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + body
 
 
 def write_junit(summary, path) -> None:
     """Write the JUnit document for `summary` to `path`."""
     with open(path, "w", encoding="utf-8") as out:
-        out.write(render_junit(summary))
+        out.write(render_junit(summary) + "\n")
 
 
 def _document(summary) -> ET.Element:
@@ -117,8 +117,8 @@ def _failure_text(result) -> str:
     ]
     for m in result.mismatches:
         lines.append(m.describe())
-        lines.append(f"  expected (model): {format_value(m.expected)}")
-        lines.append(f"  observed (KVM):   {format_value(m.observed)}")
+        lines.append(f"  expected (model): {m.show(m.expected)}")
+        lines.append(f"  observed (KVM):   {m.show(m.observed)}")
     if result.outcomes:
         lines.append("outcomes: " + summary_line(result.outcomes, result.allowed))
     if result.message:

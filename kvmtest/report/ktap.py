@@ -32,19 +32,19 @@ _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.,:+=@/\[\]()-]+")
 
 
 def render_ktap(summary, nested: bool = False) -> str:
-    """The run as KTAP text ending in a newline; `nested` drops the top version line."""
+    """The run as KTAP text (no final newline); `nested` drops the top version line."""
     groups = group_results(summary.results)
     lines = [] if nested else [VERSION_LINE]
     lines.append(f"1..{len(groups)}")
     for number, group in enumerate(groups, 1):
         lines.extend(_group_lines(group, number))
     lines.extend(_trailer(summary))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def ktap_name(name) -> str:
     """A test name KTAP parsers keep intact: ASCII, no '#', no spaces, never empty."""
-    safe = _NAME_UNSAFE.sub("_", ascii_line(name).replace("\\", "_")).strip("_")
+    safe = _NAME_UNSAFE.sub("_", ascii_line(name).replace("\\", " ")).strip("_")
     return safe or "unnamed"
 
 
@@ -61,7 +61,7 @@ def diagnostic(text) -> list:
 
 def _directive_data(text) -> str:
     """Diagnostic data after a directive: one ASCII line without '#'."""
-    return ascii_line(text).replace("#", "No.")
+    return " ".join(ascii_line(text).replace("#", " ").split())
 
 
 def _group_lines(group: TraceGroup, number: int) -> list:
@@ -111,8 +111,7 @@ def _result_lines(result, number: int, name: str, trace_name: str, outcomes=True
         )
         for mismatch in result.mismatches:
             lines.extend(diagnostic(f"{trace_name}: {mismatch.describe()}"))
-        if result.message:
-            lines.extend(diagnostic(f"{trace_name}: {result.message}"))
+        lines.extend(_prefixed(trace_name, result.message))
     if outcomes:
         lines.extend(_outcome_diagnostics(trace_name, result.outcomes, result.allowed))
     if status is Status.PASS:
@@ -122,13 +121,20 @@ def _result_lines(result, number: int, name: str, trace_name: str, outcomes=True
     elif status is Status.ERROR:
         message = text_lines(result.message)
         if len(message) > 1:
-            lines[:0] = diagnostic("\n".join(f"{trace_name}: {line}" for line in message))
+            lines[:0] = _prefixed(trace_name, result.message)
         reason = _directive_data(message[0]) if message else "harness error"
         lines.append(f"not ok {number} {name} # ERROR {reason}")
     else:
         reason = _directive_data(result.message)
         lines.append(f"ok {number} {name} # SKIP {reason}".rstrip())
     return lines
+
+
+def _prefixed(name: str, text) -> list:
+    """Diagnostics for a multi-line message, every line naming the test, kunit style."""
+    if not text_lines(text):
+        return []
+    return diagnostic("\n".join(f"{name}: {line}" for line in text_lines(text)))
 
 
 def _outcome_diagnostics(name: str, outcomes: dict, allowed: dict) -> list:

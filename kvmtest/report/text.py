@@ -18,7 +18,6 @@ from kvmtest.trace.result import Status
 from ._format import (
     STATUS_WORD,
     format_duration,
-    format_value,
     one_line,
     repeat_label,
     rules_label,
@@ -36,7 +35,7 @@ MESSAGE_LINES = 10  # lines of an error message shown without --verbose
 
 
 def render_text(summary, verbose: bool = False) -> str:
-    """The whole report as text, ending in a newline."""
+    """The whole report as text (no final newline: print() adds it)."""
     groups = group_results(summary.results)
     width = min(NAME_WIDTH_MAX, max((len(one_line(g.name)) for g in groups), default=0))
     lines = []
@@ -45,7 +44,7 @@ def render_text(summary, verbose: bool = False) -> str:
     if lines:
         lines.append("")
     lines.extend(_footer(summary))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def _group_lines(group: TraceGroup, width: int, verbose: bool) -> list:
@@ -152,8 +151,8 @@ def _mismatch_lines(result, indent: str) -> list:
     for m in result.mismatches:
         where = f"step {m.step + 1} at {one_line(m.location)}"
         lines.append(f"{indent}{where}  {vcpu_label(m.vcpu)}  {one_line(m.field)}")
-        lines.append(f"{indent}  expected (model)  {one_line(format_value(m.expected))}")
-        lines.append(f"{indent}  observed (KVM)    {one_line(format_value(m.observed))}")
+        lines.append(f"{indent}  expected (model)  {one_line(m.show(m.expected))}")
+        lines.append(f"{indent}  observed (KVM)    {one_line(m.show(m.observed))}")
     return lines
 
 

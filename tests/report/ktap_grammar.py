@@ -39,9 +39,8 @@ class Document:
 
 def parse(text: str, nested: bool = False) -> Document:
     lines = text.split("\n")
-    if lines[-1] != "":
-        raise KtapError("output does not end in a newline")
-    lines.pop()
+    if lines[-1] == "":
+        raise KtapError("output ends in a newline (print() adds one: a blank line)")
     for line in lines:
         if not line.isascii() or any(ord(c) < 32 for c in line):
             raise KtapError(f"non-ASCII or control character in {line!r}")

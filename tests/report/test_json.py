@@ -67,6 +67,14 @@ def test_outcomes_and_allowed_are_kept():
     assert doc["results"][-1]["outcomes"] == {}
 
 
+def test_text_is_strict_utf8_even_with_lone_surrogates():
+    text = render_json(samples.odd())
+    doc = json.loads(text)
+    json.dumps(doc, ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
+    assert doc["results"][0]["name"].endswith("\\ud800 ]]>")
+    assert doc["host"]["kernel"] == doc["results"][0]["name"]
+
+
 def test_values_json_cannot_hold_become_strings_or_null():
     summary = samples.summary(
         [samples.result("t", Status.PASS, elapsed=float("nan"))],

@@ -99,6 +99,9 @@ def test_odd_names_and_messages_stay_in_the_grammar():
     header_lines = [line for line in text.splitlines() if line.lstrip().startswith("# Subtest:")]
     assert header_lines == []
     assert all(line.startswith("# ") for t in doc.tests for line in t.diagnostics)
+    failed = doc.tests[1]
+    assert failed.diagnostics[-2:] == [f"# {failed.name}: line one", f"# {failed.name}: line # two"]
+    assert doc.tests[2].reason == "Subtest: x"  # '#' dropped from directive data
 
 
 def test_empty_run_has_an_empty_plan():
