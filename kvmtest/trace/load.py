@@ -96,6 +96,9 @@ def parse_trace(text: str, path: str = "<string>") -> f.Trace:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         line = mark.line + 1 if mark else None
+        context = getattr(exc, "context_mark", None)
+        if getattr(exc, "context", None) and context is not None and context.line + 1 != line:
+            problem += f" ({exc.context} that starts at line {context.line + 1})"
         raise TraceError(path, line, f"not valid YAML: {problem}") from None
     ctx = _Context(path)
     top = ctx.mapping(

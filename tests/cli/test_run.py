@@ -1,0 +1,115 @@
+"""`kvmtest run` and `kvmtest list` end to end, as a user or CI calls them."""
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from tests.conftest import require_kvm
+
+
+def kvmtest(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "kvmtest", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_builtin_corpus_passes_against_this_kvm(tmp_path):
+    require_kvm()
+    junit = tmp_path / "junit.xml"
+    result = kvmtest("run", "--require-kvm", "--format", "json", "--junit-xml", str(junit))
+    report = json.loads(result.stdout)
+    failing = [r for r in report["results"] if r["status"] not in ("pass", "skip")]
+    assert result.returncode == 0, failing or result.stderr
+    assert report["backend"] == "kvm" and report["totals"]["passed"] >= 1
+    suite = ET.parse(junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    assert int(suite.get("tests")) == report["totals"]["total"]
+
+
+def test_builtin_corpus_passes_in_reference_mode():
+    result = kvmtest("run", "--backend", "reference")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "reference-only (as asked)" in result.stderr
+
+
+def test_pre_patch_profile_fails_on_this_kernel():
+    require_kvm()
+    result = kvmtest("run", "-k", "msi-init-sipi", "--profile", "linux-3.9")
+    assert result.returncode == 1
+    assert "mp_state" in result.stdout and "SIPI_RECEIVED" in result.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for unshare -m")
+def test_hidden_dev_kvm_falls_back_to_reference_with_a_banner():
+    run = f"mount --bind /dev/null /dev/kvm && exec {sys.executable} -m kvmtest run"
+    result = subprocess.run(["unshare", "-m", "sh", "-c", run], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "REFERENCE-ONLY MODE" in result.stderr and "Traceback" not in result.stderr
+    strict = subprocess.run(
+        ["unshare", "-m", "sh", "-c", run + " --require-kvm"], capture_output=True, text=True
+    )
+    assert strict.returncode == 2 and "KVM is not usable" in strict.stderr
+    assert "Traceback" not in strict.stderr
+
+
+def test_malformed_trace_is_reported_with_file_and_line(tmp_path):
+    bad = write(tmp_path, "bad.yaml", "name: bad\nsteps:\n  - msi: {dest: 1, delivery: nope}\n")
+    good = write(tmp_path, "good.yaml", "name: good\nsteps:\n  - observe: {vcpu: 1}\n")
+    result = kvmtest("run", "--backend", "reference", bad, good)
+    assert result.returncode == 2
+    assert f"{bad}:3: delivery = 'nope' is not one of" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "good" in result.stdout  # the run went on
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert kvmtest("run", "--backend", "reference", "-k", "no-such-trace").returncode == 2
+    assert kvmtest("run", str(tmp_path / "missing.yaml")).returncode == 2
+    assert kvmtest("run", "--backend", "reference", "--profile", "linux-9.9").returncode == 2
+    assert kvmtest("run", "--jobs", "0").returncode == 2
+
+
+def test_everything_skipped_exits_4(tmp_path):
+    only_old = write(
+        tmp_path, "old.yaml", "name: old\nprofiles: [linux-3.9]\nsteps:\n  - observe: 1\n"
+    )
+    result = kvmtest("run", "--backend", "reference", only_old)
+    assert result.returncode == 4, result.stdout
+
+
+def test_ktap_output_shape():
+    result = kvmtest("run", "--backend", "reference", "--format", "ktap", "-k", "msi-init")
+    lines = result.stdout.splitlines()
+    assert lines[0] == "KTAP version 1" and lines[1] == "1..1"
+    assert "ok 1 msi-init-sipi" in lines
+    nested = kvmtest(
+        "run",
+        "--backend",
+        "reference",
+        "--format",
+        "ktap",
+        "-k",
+        "msi-init",
+        env={"KSFT_TAP_LEVEL": "1"},
+    )
+    assert not nested.stdout.startswith("KTAP version")
+
+
+def test_list_prints_corpus_with_rules():
+    result = kvmtest("list")
+    assert result.returncode == 0
+    line = next(x for x in result.stdout.splitlines() if x.startswith("msi-init-sipi "))
+    assert "1, 3, 10, 13, 24, 39" in line
