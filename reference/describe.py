@@ -120,10 +120,10 @@ def _thread_rows(p: Profile):
     rows.append(("RUNNABLE", "guest HLT", _name(m.vcpus[1].mp_state), _pending(m), "-", "22"))
     m = _machine(p, RUN)
     m.enter_run(1)
-    m.atomic_steps("guest_hlt", 1)
-    m.apply(m.atomic_steps("guest_hlt", 1)[0])
+    hlt_exit, emulate_halt = m.atomic_steps("guest_hlt", 1)
+    m.apply(hlt_exit)
     count = _msi(m, enc.DM_INIT)
-    m.apply(m.atomic_steps("guest_hlt", 1)[1])
+    m.apply(emulate_halt)
     rows.append(
         (
             "RUNNABLE",
@@ -152,10 +152,7 @@ def _thread_rows(p: Profile):
     # INIT to the BSP (rules 10, 11; d.7.8).
     m = Machine(2, p, "vmx")
     count = m.signal_msi(*enc.encode_msi(enc.DM_INIT, 0, 0))
-    if p.generation == 1:
-        reported = m.get_mp_state(0)
-    else:
-        reported = m.get_mp_state(0)
+    reported = m.get_mp_state(0)
     rows.append(("RUNNABLE (BSP)", "INIT by MSI, GET_MP_STATE", _name(reported), "-",
                  f"count {count}", "10, 11"))  # fmt: skip
     return rows

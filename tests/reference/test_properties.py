@@ -107,8 +107,9 @@ def check_invariants(m: Machine, before_pending_init: list[bool], op: tuple, rep
     for v in m.vcpus:
         if m.is_bsp(v.index) and v.mp_state == MpState.INIT_RECEIVED:
             raise Violation(f"BSP in INIT_RECEIVED after {op}")
-    if op[0] in ("msi", "ipi") and op[0 + (2 if op[0] == "ipi" else 1)] == enc.DM_STARTUP:
-        for v, had in zip(m.vcpus, before_pending_init):
+    delivery_mode = {"msi": 1, "ipi": 2}.get(op[0])
+    if delivery_mode and op[delivery_mode] == enc.DM_STARTUP:
+        for v, had in zip(m.vcpus, before_pending_init, strict=True):
             if had and not v.pending_init:
                 raise Violation(f"SIPI cancelled the pending INIT of vCPU {v.index}")
     if MpState.SIPI_RECEIVED in reported:
