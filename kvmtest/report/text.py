@@ -185,11 +185,13 @@ def _footer(summary) -> list:
     host = _host_label(summary.host)
     if host:
         where += f", host {host}"
+    # The last line is the plain closing line CI systems read; an error counts as a failure
+    # there, so a crashed trace can never look like a clean run.
     return [
         f"{passed} passed, {failed} failed, {errors} errors, {skipped} skipped",
         where,
         f"elapsed {format_duration(summary.elapsed)}",
-        f"{passed} passed, {failed} failed, {skipped} skipped",
+        f"{passed} passed, {failed + errors} failed, {skipped} skipped",
     ]
 
 
