@@ -214,6 +214,7 @@ APIC_DEFAULT_BASE = 0xFEE00000
 SPIV_ENABLE = 1 << 8
 
 _REG_ORDER = R.GUEST_OWNED
+_ONLINE = [frozenset(range(n)) for n in range(64)]
 
 
 def _state(value: int):
@@ -624,8 +625,7 @@ class Machine:
         x2apic_ipi = src is not None and src.x2apic_mode
         if irq.dest_id == (enc.X2APIC_BROADCAST if x2apic_ipi else enc.XAPIC_BROADCAST):
             return None  # broadcast
-        members = [self.vcpus[i] for i in sorted(self.map_members)]
-        members = [m for m in members if m.hw_enabled]
+        members = [v for v in self.vcpus if v.index in self.map_members and v.hw_enabled]
         ids = [m.phys_id for m in members]
         if len(set(ids)) != len(ids):
             return None  # conflicting IDs: no map (UNVERIFIED for generations 1-2)
@@ -695,7 +695,11 @@ class Machine:
 
     def _recalc_map(self) -> None:
         """kvm_recalculate_apic_map: members are the vCPUs online now (rules 33, 34)."""
-        self.map_members = frozenset(range(len(self.vcpus)))
+        self.map_members = (
+            _ONLINE[len(self.vcpus)]
+            if len(self.vcpus) < 64
+            else (frozenset(range(len(self.vcpus))))
+        )
 
     def set_lapic(self, vcpu: int, apic_id=None, ldr=None, dfr=None, spiv=None) -> int:
         """KVM_SET_LAPIC with the given registers (others as they are): always recalculates the

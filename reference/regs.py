@@ -15,6 +15,7 @@ what both vendors' reset code would leave, and the kvm backend will be compared 
 
 from __future__ import annotations
 
+from functools import cache
 from typing import NamedTuple
 
 
@@ -88,7 +89,12 @@ def _data(type_: int) -> Segment:
 
 
 def _segments(flavour: str, cs_selector: int, cs_base: int) -> dict:
-    """Table c.2 (same layout in V2, c.3); db/l/g/avl = 0 UNVERIFIED."""
+    """Table c.2 (same layout in V2, c.3); db/l/g/avl = 0 UNVERIFIED. A fresh dict."""
+    return dict(_segments_cached(flavour, cs_selector, cs_base))
+
+
+@cache
+def _segments_cached(flavour: str, cs_selector: int, cs_base: int) -> dict:
     t = SEGMENT_TYPES[flavour]
     return {
         "cs": Segment(cs_selector, cs_base, 0xFFFF, t["cs"], 1, 0, 0, 1, 0, 0, 0),
@@ -108,6 +114,11 @@ def _svm(flavour: str) -> bool:
 
 def reset_image(image: str, flavour: str, *, bsp: bool) -> dict:
     """The image at vCPU creation (RESET). ``image`` is the profile's image generation."""
+    return dict(_reset_image(image, flavour, bsp))
+
+
+@cache
+def _reset_image(image: str, flavour: str, bsp: bool) -> dict:
     if image == "v1":
         # c.4: V1 runs the vendor reset with sipi_vector 0 at creation, so an AP starts at
         # CS 0 / base 0 / RIP 0 (inferred in the notes, UNVERIFIED).
