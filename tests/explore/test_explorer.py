@@ -1,0 +1,97 @@
+"""The interleaving explorer finds the pre-patch lost INIT and proves its absence after."""
+
+import subprocess
+import sys
+
+import pytest
+
+from kvmtest.explore import ExploreError, Explorer, programs
+from kvmtest.runner import corpus_dir
+from kvmtest.trace.load import load_trace, parse_trace
+
+RACE = f"{corpus_dir()}/race-hlt-init-sipi.yaml"
+
+
+def test_pre_patch_profile_loses_the_init_as_in_section_e():
+    result = Explorer(load_trace(RACE), "linux-3.9").run()
+    assert result.violations, result.outcomes
+    labels = [move.label for move in result.shortest_violation]
+    # The race: HLT's VM exit, then the INIT written by the sender, then kvm_emulate_halt.
+    hlt = labels.index("vcpu1 guest HLT: VM exit, handle_halt")
+    init = labels.index("vcpu0 guest writes ICR: INIT -> APIC 1")
+    halt = labels.index("vcpu1 kvm_emulate_halt writes mp_state")
+    assert hlt < init < halt
+    (lost,) = result.violations
+    assert "HALTED" in lost
+    good = [label for label in result.outcomes if label not in result.violations]
+    assert good and all("sipi 0x20" in label for label in good)
+
+
+@pytest.mark.parametrize("profile", ["linux-3.10", "linux-6.1", "linux-6.12", "mainline"])
+def test_patched_profiles_never_lose_the_init(profile):
+    result = Explorer(load_trace(RACE), profile).run()
+    assert not result.violations and not result.shortest_violation
+    assert result.interleavings and result.interleavings > 1000
+    assert list(result.outcomes) == ["vcpu1 reported sipi 0x20; vcpu1 mp_state=RUNNABLE"]
+
+
+def test_interleavings_are_counted_exactly_for_two_independent_threads():
+    """Two MSIs on the host thread and three ioctls on vCPU 1's thread: C(5,2) = 10 orders."""
+    text = """\
+name: count
+setup: {vcpus: 2}
+steps:
+  - concurrently:
+      - thread: host
+        steps:
+          - msi: {dest: 1, delivery: nmi}
+          - msi: {dest: 1, delivery: nmi}
+      - thread: 1
+        steps:
+          - get_mp_state: 1
+          - get_mp_state: 1
+          - get_mp_state: 1
+  - observe: {vcpu: 1, read: [mp_state]}
+"""
+    result = Explorer(parse_trace(text, "count.yaml"), "mainline").run()
+    assert result.interleavings == 10
+    assert result.outcomes == {"vcpu1 mp_state=UNINITIALIZED": 10}
+
+
+def test_unsupported_step_in_a_block_is_a_clear_error():
+    text = """\
+name: bad
+setup: {vcpus: 2}
+steps:
+  - concurrently:
+      - thread: host
+        steps: [{set_lapic: 1}]
+      - thread: 1
+        steps: [{get_mp_state: 1}]
+"""
+    with pytest.raises(ExploreError, match="set_lapic steps inside a concurrent block"):
+        Explorer(parse_trace(text, "bad.yaml"), "mainline").run()
+
+
+def test_program_moves_split_hlt_into_exit_and_emulate():
+    trace = load_trace(RACE)
+    block = next(s for s in trace.steps if s.kind == "concurrently")
+    (_, ap), (_, bsp) = programs(block, trace.setup)
+    assert [m.op for m in ap] == [
+        "run_entry",
+        "guest_runs",
+        "hlt_exit",
+        "emulate_halt",
+        "wait_report",
+    ]
+    assert [m.op for m in bsp].count("icr_write") == 3
+
+
+def test_cli_exit_codes():
+    run = [sys.executable, "-m", "kvmtest", "explore", RACE]
+    old = subprocess.run([*run, "--profile", "linux-3.9"], capture_output=True, text=True)
+    assert old.returncode == 1 and "shortest violating schedule" in old.stdout
+    new = subprocess.run(run, capture_output=True, text=True)
+    assert new.returncode == 0 and "no violation of init-never-lost" in new.stdout
+    bad = subprocess.run([*run, "--profile", "linux-0.1"], capture_output=True, text=True)
+    assert bad.returncode == 2
