@@ -22,7 +22,7 @@ from importlib import resources
 from kvmtest.kvm import KvmError, exits
 
 # --- memory map, ports and protocol numbers: mirror of guests/src/layout.inc -----------------
-# (tests/guests/test_layout.py checks that every `.set` there has the same value here)
+# (tests/guests/test_images.py checks that every `.set` there has the same value here)
 RAM_SIZE = 0x100000
 IVT_BASE = 0x0000
 STUBS_BASE = 0x0400
