@@ -133,6 +133,8 @@ class Report:
         return {}
 
     def __getattr__(self, name: str) -> int:
+        if name.startswith("_"):  # copy/pickle probe special names before `kind` exists
+            raise AttributeError(name)
         fields = self.fields()
         if name in fields:
             return fields[name]
@@ -389,7 +391,7 @@ class GuestVm:
         *,
         broadcast: bool = False,
         vector: int = 0x10,
-        wait_limit: int = 1_000_000,
+        wait_limit: int = 300_000,
         timeout: float = 20.0,
     ) -> SmpResult:
         """Run every vCPU on its own thread; the BSP brings the APs up by itself (INIT-SIPI-SIPI
@@ -454,6 +456,13 @@ class GuestVm:
     # --- lifetime -----------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Close the VM; our views of its memory go first so that it can be unmapped now."""
+        for view in (getattr(self, "memory", None), getattr(self, "rom", None)):
+            try:
+                if view is not None:
+                    view.release()
+            except BufferError:  # someone still holds a slice: the GC unmaps it later
+                pass
         self.vm.close()
 
     def __enter__(self) -> GuestVm:
