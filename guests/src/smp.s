@@ -30,9 +30,15 @@ ap_entry:
     lock incw SMP_ONLINE
     PARK
 
-reset_entry:
-    VALUE16 %bx
-    VALUE $0
+reset_entry:                                # BX = CS seen at the reset vector
+    cli
+    movw %bx, %bp
+    FLAT_SEGMENTS
+    UNREAL_FS
+    APIC_ID_TO_EAX
+    movl %eax, %edi
+    VALUE16 %bp
+    VALUE %edi
     REPORT REP_RESET
     PARK
 
@@ -121,4 +127,5 @@ send_ipi:
     wrmsr
 3:  ret
 
+    .include "gdt.inc"
 smp_end:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kvmtest.guest import GuestVm, StrayExecution
+from kvmtest.guest import GuestVm, Report, StrayExecution
 
 
 @pytest.mark.parametrize("nr_vcpus", [2, 4, 8])
@@ -20,3 +20,9 @@ def test_smp_boot_to_a_vector_without_landing_code_fails_loudly(kvm):
         vm.memory[0x10000:0x10010] = b"\xcc" * 16  # remove one landing page
         with pytest.raises(StrayExecution, match="stray execution at 0x10000"):
             vm.smp_boot(vector=0x10, wait_limit=2000)
+
+
+def test_init_to_the_bsp_of_the_smp_image_lands_in_the_reset_rom(kvm):
+    with GuestVm(kvm, 2, image="smp") as vm:
+        vm.vm.signal_msi(0xFEE00000, 0, 0x4500)  # INIT to APIC ID 0 before the BSP runs
+        assert vm.bsp.wait() == Report("reset", (0xF000, 0))
