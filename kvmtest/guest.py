@@ -301,6 +301,7 @@ class GuestVm:
             raise ValueError(f"nr_vcpus must be 1..{MAX_CPUS}")
         self.image = image
         self.x2apic = x2apic
+        self._smp_booted = False
         self.vm = kvm.create_vm()
         try:
             self._build(kvm, nr_vcpus, irqchip)
@@ -399,6 +400,9 @@ class GuestVm:
         Then kicks the APs out of KVM_RUN and reads their MP state."""
         if self.image != "smp":
             raise GuestError("smp_boot() needs the smp image")
+        if self._smp_booted:
+            raise GuestError("smp_boot() runs once per GuestVm: its BSP is parked afterwards")
+        self._smp_booted = True
         if not VECTOR_FIRST <= vector <= VECTOR_LAST:
             raise ValueError(f"vector {vector:#x} has no landing page")
         flags = (SMP_BROADCAST if broadcast else 0) | (SMP_X2APIC if self.x2apic else 0)

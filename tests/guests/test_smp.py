@@ -2,7 +2,7 @@
 
 import pytest
 
-from kvmtest.guest import GuestVm, Report, StrayExecution
+from kvmtest.guest import GuestError, GuestVm, Report, StrayExecution
 
 
 @pytest.mark.parametrize("nr_vcpus", [2, 4, 8])
@@ -13,6 +13,13 @@ def test_every_ap_checks_in_and_parks(kvm, nr_vcpus, broadcast, x2apic):
         result = vm.smp_boot(broadcast=broadcast)
     assert result.online == result.expected == result.counter == nr_vcpus - 1
     assert result.all_online, result
+
+
+def test_split_irqchip_and_a_second_boot_is_refused(kvm):
+    with GuestVm(kvm, 4, image="smp", x2apic=True, irqchip="split") as vm:
+        assert vm.smp_boot(broadcast=True).all_online
+        with pytest.raises(GuestError, match="once"):
+            vm.smp_boot()
 
 
 def test_smp_boot_to_a_vector_without_landing_code_fails_loudly(kvm):

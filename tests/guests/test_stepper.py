@@ -62,6 +62,14 @@ def test_x2apic_switch_then_broadcast_init_sipi(guest_vm):
     assert ap.wait() == Report("sipi", (0x42, 1))
 
 
+def test_split_irqchip_init_sipi(kvm):
+    with GuestVm(kvm, 2, irqchip="split") as vm:
+        vm.start()
+        vm.bsp.icr_write(dest(1, False) | INIT)
+        vm.bsp.icr_write(dest(1, False) | SIPI | 0x33)
+        assert vm.stepper(1).wait() == Report("sipi", (0x33, 1))
+
+
 def test_jump_into_unused_memory_is_stray_execution(guest_vm):
     with pytest.raises(StrayExecution) as caught:
         guest_vm.bsp.jump(0x50800)  # middle of a vector page, past the landing code
