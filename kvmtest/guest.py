@@ -14,6 +14,7 @@ use); `Stepper.kick()` from another thread makes that thread's `run()` return No
 from __future__ import annotations
 
 import errno
+import functools
 import struct
 import threading
 from dataclasses import dataclass
@@ -162,9 +163,37 @@ class SmpResult:
         )
 
 
+@functools.cache
 def image(name: str) -> bytes:
     """The built image `name` (package data, produced by guests/build.py)."""
     return (resources.files("kvmtest") / "guest_images" / f"{name}.bin").read_bytes()
+
+
+@functools.cache
+def ram_image(main: str) -> bytes:
+    """Low RAM as the loader lays it out: tripwire everywhere, the main image at 0, zeroed
+    mailboxes and SMP parameters, a landing page on every vector page. Built once."""
+    ram = bytearray([TRIPWIRE]) * RAM_SIZE
+    code = image(main)
+    if len(code) > IMAGE_LIMIT:
+        raise GuestError(f"{main}.bin is larger than its slot ({IMAGE_LIMIT:#x} bytes)")
+    ram[: len(code)] = code
+    ram[MAILBOX_BASE:STACK_BASE] = bytes(STACK_BASE - MAILBOX_BASE)
+    landing = image("landing")
+    for vector in range(VECTOR_FIRST, VECTOR_LAST + 1):
+        ram[vector << 12 : (vector << 12) + len(landing)] = landing
+    return bytes(ram)
+
+
+@functools.cache
+def rom_image() -> bytes:
+    """The reset ROM: tripwire, and the reset code in its last 16 bytes."""
+    reset = image("reset")
+    return (
+        bytes([TRIPWIRE]) * RESET_OFFSET
+        + reset
+        + bytes([TRIPWIRE]) * (ROM_SIZE - RESET_OFFSET - len(reset))
+    )
 
 
 class Stepper:
@@ -332,18 +361,8 @@ class GuestVm:
         self.steppers = [Stepper(self, index) for index in range(nr_vcpus)]
 
     def _load_images(self) -> None:
-        mem = self.memory
-        mem[:] = bytes([TRIPWIRE]) * RAM_SIZE
-        main = image(self.image)
-        mem[: len(main)] = main
-        data = slice(MAILBOX_BASE, STACK_BASE)  # mailboxes and SMP parameters start at zero
-        mem[data] = bytes(data.stop - data.start)
-        landing = image("landing")
-        for vector in range(VECTOR_FIRST, VECTOR_LAST + 1):
-            mem[vector << 12 : (vector << 12) + len(landing)] = landing
-        self.rom[:] = bytes([TRIPWIRE]) * ROM_SIZE
-        reset = image("reset")
-        self.rom[RESET_OFFSET : RESET_OFFSET + len(reset)] = reset
+        self.memory[:] = ram_image(self.image)
+        self.rom[:] = rom_image()
 
     @staticmethod
     def _set_bsp_registers(vcpu) -> None:
