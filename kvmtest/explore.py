@@ -55,6 +55,43 @@ class Node:
         return (self.machine.key(), self.pcs, self.waiting, self.landed)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """An end state as the trace can see it: the guests' wake-up reports and what the steps
+    after the block observed. GUEST values (unknown to the model) match anything."""
+
+    reports: frozenset  # (vcpu, "sipi 0x20" | "hlt" | "reset" | "woke")
+    observed: tuple  # (vcpu, field, value), sorted
+    stuck: tuple = ()  # threads that never finished their program (for the label only)
+
+    def label(self) -> str:
+        parts = [f"vcpu{v} reported {how}" for v, how in sorted(self.reports)]
+        parts += list(self.stuck)
+        for vcpu, name, value in self.observed:
+            if value is GUEST:
+                continue
+            if name == "mp_state":
+                value = f.MP_STATE_NAMES.get(value, value)
+            elif isinstance(value, int):
+                value = hex(value)
+            parts.append(f"vcpu{vcpu} {name}={value}")
+        return "; ".join(parts) or "nothing observed"
+
+    def matches(self, reports: frozenset, observed: dict) -> bool:
+        """Does a real run (its reports, and {(vcpu, field): value}) show this outcome?"""
+        if reports != self.reports:
+            return False
+        return all(
+            value is GUEST or observed.get((vcpu, name)) == value
+            for vcpu, name, value in self.observed
+        )
+
+
+def _obs_order(item):
+    vcpu, name, _ = item
+    return (-1 if vcpu is None else vcpu, name)
+
+
 @dataclass
 class Exploration:
     trace: str
@@ -64,6 +101,7 @@ class Exploration:
     outcomes: dict = field(default_factory=dict)  # label -> schedules reaching it
     violations: dict = field(default_factory=dict)  # label -> [property names]
     shortest_violation: list = field(default_factory=list)  # [Move]
+    allowed: dict = field(default_factory=dict)  # label -> Outcome
     elapsed: float = 0.0
     properties: tuple = ()
 
@@ -282,40 +320,35 @@ class Explorer:
             move.thread, move.op, move.args, label
         )
 
-    def _outcome(self, node: Node, programs) -> str:
-        """Run the trace's remaining steps on this end state; the label is what they observe."""
+    def _outcome(self, node: Node, programs) -> Outcome:
+        """Run the trace's remaining steps on this end state and record what they observe."""
         side = ModelSide.__new__(ModelSide)
         side.setup = self.trace.setup
         side.machine = node.machine.clone()
         side.inside = set(node.waiting)
         side.command = {v: "hlt" for v in node.waiting}
-        parts = []
-        for i, (thread, program) in enumerate(programs):
-            if node.pcs[i] < len(program):
-                parts.append(f"{thread} stuck before: {program[node.pcs[i]].label}")
-        for vcpu, how in sorted(node.landed):
-            parts.append(f"vcpu{vcpu} reported {how}")
+        stuck = tuple(
+            f"{thread} stuck before: {program[node.pcs[i]].label}"
+            for i, (thread, program) in enumerate(programs)
+            if node.pcs[i] < len(program)
+        )
+        observed = []
+        reports = set(node.landed)
         for step in self.trace.steps[self.block_index + 1 :]:
             side.begin_step()
             out = engine._outputs(side, step)
-            out.update(side.settle())
+            for (vcpu, name), value in side.settle().items():
+                if name == "report":
+                    reports.add((vcpu, value))
             if isinstance(step, f.Observe):
-                for (vcpu, name), value in sorted(
-                    out.items(), key=lambda kv: (kv[0][0] or 0, kv[0][1])
-                ):
-                    if value is GUEST:
-                        continue
-                    shown = (
-                        f.MP_STATE_NAMES.get(value, value)
-                        if name == "mp_state"
-                        else (hex(value) if isinstance(value, int) else value)
-                    )
-                    parts.append(f"vcpu{vcpu} {name}={shown}")
-        return "; ".join(parts) or "no observation"
+                observed += [(vcpu, name, value) for (vcpu, name), value in out.items()]
+        return Outcome(frozenset(reports), tuple(sorted(observed, key=_obs_order)), stuck)
 
-    def run(self) -> Exploration:
+    def run(self, prefix: ModelSide | None = None) -> Exploration:
+        """Explore the block, from `prefix` (the model side at the block) or from the trace's
+        steps before it."""
         start = time.perf_counter()
-        prefix = self._prefix()
+        prefix = prefix or self._prefix()
         programs_ = programs(self.block, self.trace.setup)
         nr = len(prefix.machine.vcpus)
         must_land = init_then_sipi_targets(self.block, self.trace.setup, nr)
@@ -351,9 +384,11 @@ class Explorer:
         counts = _path_counts(root.key(), edges, terminal)
         result.interleavings = None if counts is None else sum(counts.values())
         violating = None
-        for key, label in terminal.items():
+        for key, outcome in terminal.items():
             landed = {v for v, how in nodes[key].landed if how.startswith("sipi")}
             broken = ["init-never-lost"] if must_land - landed else []
+            label = outcome.label()
+            result.allowed[label] = outcome
             if broken:
                 result.violations[label] = broken
                 if violating is None or _depth(parent, key) < _depth(parent, violating):
@@ -369,7 +404,7 @@ class Explorer:
 def _how_it_runs(m, vcpu: int) -> str:
     regs = m.vcpus[vcpu].regs
     if regs["rip"] is GUEST:
-        return "woke after HLT"
+        return "hlt"  # the stepper's report after a wake-up from its HLT
     cs = regs["cs"]
     if regs["rip"] == 0:
         vector = m.vcpus[vcpu].sipi_vector if cs is GUEST else cs.selector >> 8

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from kvmtest.kvm import KvmError, exits
+from kvmtest.threadstate import wait_asleep
 
 # --- memory map, ports and protocol numbers: mirror of guests/src/layout.inc -----------------
 # (tests/guests/test_images.py checks that every `.set` there has the same value here)
@@ -433,7 +434,10 @@ class GuestVm:
         errors: list[BaseException] = []
         bsp_report: list[Report] = []
 
+        ap_tids: dict[int, int] = {}
+
         def ap_loop(stepper: Stepper) -> None:
+            ap_tids[stepper.index] = threading.get_native_id()
             try:
                 while not stop.is_set():
                     report = stepper.run()
@@ -458,6 +462,15 @@ class GuestVm:
         for thread in threads:
             thread.start()
         threads[-1].join(timeout)
+        # The BSP reports once every AP has checked in, but an AP may still be on its way from
+        # the check-in to its HLT: wait until each AP thread sleeps in KVM_RUN before kicking,
+        # or its MP state would be read as RUNNABLE by accident of timing.
+        for stepper in self.steppers[1:]:
+            wait_asleep(
+                lambda s=stepper: ap_tids.get(s.index),
+                lambda s=stepper: s.vcpu.in_kvm_run,
+                timeout=1.0,
+            )
         stop.set()
         for stepper in self.steppers:
             stepper.kick()

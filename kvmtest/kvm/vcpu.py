@@ -117,6 +117,11 @@ class Vcpu(OwnedFd):
             except ProcessLookupError:
                 pass
 
+    @property
+    def in_kvm_run(self) -> bool:
+        """A thread is inside run() on this vCPU right now."""
+        return self._thread is not None
+
     def set_immediate_exit(self, value: bool) -> None:
         _lib.lib.kvmtest_set_immediate_exit(self._run, int(value))
 

@@ -7,6 +7,8 @@ only the model runs, and the trace's pinned expectations (observe.expect) are wh
 checked against.
 """
 
+import random
+import threading
 import time
 from dataclasses import dataclass
 
@@ -33,6 +35,8 @@ class HostContext:
     split_irqchip: bool = True
     cpuid: object = None  # kvmtest.kvm.Cpuid from KVM_GET_SUPPORTED_CPUID
     kvm: object = None  # an open kvmtest.kvm.Kvm for the kvm backend
+    jitter: float = 0.0002  # concurrent blocks: random delay before each step, up to (s)
+    seed: int | None = None  # for the delays; None: a fresh seed every run
 
     @property
     def cpuid_1_eax(self):
@@ -146,6 +150,9 @@ def run_trace(trace: f.Trace, profile: str, host: HostContext, repeat: int = 0) 
             real = KvmSide(host.kvm, trace, host.cpuid)
         check_pins = profile in trace.pinned_profiles
         for index, step in enumerate(trace.steps):
+            if isinstance(step, f.Concurrently):
+                _concurrent(trace, index, step, model, real, profile, host, result, check_pins)
+                break  # the block's outcome includes the steps after it
             model.begin_step()
             predicted = _outputs(model, step)
             predicted.update(model.settle())
@@ -175,6 +182,85 @@ def run_trace(trace: f.Trace, profile: str, host: HostContext, repeat: int = 0) 
         result.status = Status.FAIL
     result.elapsed = time.perf_counter() - start
     return result
+
+
+_EXPLORATIONS: dict = {}
+_EXPLORATIONS_LOCK = threading.Lock()
+
+
+def _explore(trace, profile, model, host):
+    """The block's allowed outcomes, explored once per (trace, profile, host) and cached:
+    --repeat runs the same exploration thousands of times otherwise."""
+    from kvmtest.explore import Explorer
+
+    key = (trace.path, trace.name, profile, host.flavour, host.cpuid_1_eax)
+    with _EXPLORATIONS_LOCK:
+        cached = _EXPLORATIONS.get(key)
+    if cached is None:
+        cached = Explorer(trace, profile, host.flavour).run(prefix=model)
+        with _EXPLORATIONS_LOCK:
+            _EXPLORATIONS[key] = cached
+    return cached
+
+
+def _concurrent(trace, index, block, model, real, profile, host, result, check_pins) -> None:
+    """A concurrent block: the model's allowed outcomes against what KVM shows this time."""
+    exploration = _explore(trace, profile, model, host)
+    if real is None:
+        result.outcomes = dict(exploration.outcomes)
+        result.allowed = {label: True for label in exploration.outcomes}
+        if check_pins:  # under the profiles the trace vouches for, properties must hold
+            for label, broken in exploration.violations.items():
+                result.mismatches.append(
+                    Mismatch(
+                        index,
+                        trace.location(block),
+                        None,
+                        "property " + ", ".join(broken),
+                        "holds",
+                        label,
+                    )
+                )
+        return
+    rng = random.Random(host.seed + result.repeat if host.seed is not None else None)
+    reports = set(real.run_block(block, rng, host.jitter))
+    observed: dict = {}
+    for step in trace.steps[index + 1 :]:
+        out = _outputs(real, step)
+        for (vcpu, name), value in real.settle({}).items():
+            if name == "report":
+                reports.add((vcpu, value))
+        if isinstance(step, f.Observe):
+            observed.update(out)
+    reports = frozenset(reports)
+    match = next(
+        (label for label, o in exploration.allowed.items() if o.matches(reports, observed)), None
+    )
+    if match is None:
+        from kvmtest.explore import Outcome
+
+        shown = Outcome(
+            reports,
+            tuple(
+                (v, n, x)
+                for (v, n), x in sorted(observed.items(), key=lambda kv: (kv[0][0] or 0, kv[0][1]))
+            ),
+        ).label()
+        result.outcomes = {shown: 1}
+        result.allowed = {label: True for label in exploration.outcomes} | {shown: False}
+        result.mismatches.append(
+            Mismatch(
+                index,
+                trace.location(block),
+                None,
+                "outcome",
+                frozenset(exploration.outcomes),
+                shown,
+            )
+        )
+    else:
+        result.outcomes = {match: 1}
+        result.allowed = {label: True for label in exploration.outcomes}
 
 
 def _reports(predicted: dict) -> dict:

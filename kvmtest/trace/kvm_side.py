@@ -1,6 +1,9 @@
 """The real side of a replay: every trace step performed on a fresh VM in /dev/kvm."""
 
 import queue
+import random
+import threading
+import time
 
 from kvmtest import guest as g
 from kvmtest.kvm import lib
@@ -13,6 +16,15 @@ APIC_BASE_X2APIC = 1 << 10
 APIC_BASE_ENABLE = 1 << 11
 
 REPORT_TIMEOUT = 2.0  # seconds a predicted guest report may take (guest code is slow here)
+# Reports that answer a command rather than tell of a wake-up.
+COMMAND_ACKS = {"icr", "x2apic", "spin", "cs_ip", "ready"}
+
+
+def _busy_wait(seconds: float) -> None:
+    """Sub-millisecond delays: sleep() is too coarse to shift a race by microseconds."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
 def flatten_kvm_sregs(sregs) -> dict:
@@ -170,6 +182,70 @@ class KvmSide:
         elif step.command == "report":
             worker.submit(g.CMD_CS_IP)
         return {}
+
+    # --- concurrent blocks ---------------------------------------------------------------------
+
+    def run_block(self, block: f.Concurrently, rng: random.Random, jitter: float) -> frozenset:
+        """Run each branch on its own thread at once, each step after a random delay of up to
+        `jitter` seconds; return the wake-up reports (vcpu, how) the guests sent meanwhile."""
+        reports: set = set()
+        errors: list = []
+        lock = threading.Lock()
+        delays = [[rng.uniform(0, jitter) for _ in b.steps] for b in block.branches]
+
+        def branch(index: int, steps) -> None:
+            try:
+                for delay, step in zip(delays[index], steps, strict=True):
+                    _busy_wait(delay)
+                    got = self._block_step(step)
+                    if got is not None:
+                        with lock:
+                            reports.add(got)
+            except Exception as exc:  # handed to the engine
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=branch, args=(i, b.steps), daemon=True)
+            for i, b in enumerate(block.branches)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(REPORT_TIMEOUT * (len(block.branches) + 2))
+        if errors:
+            raise errors[0]
+        for vcpu, worker in self.workers.items():
+            if worker.busy:
+                worker.wait_asleep(0.05)  # parked in HLT or waiting for a SIPI, or still running
+            while True:
+                try:
+                    report = worker.reports.get_nowait()
+                except queue.Empty:
+                    break
+                how = describe_report(report)
+                if how not in COMMAND_ACKS:
+                    reports.add((vcpu, how))
+        return frozenset(reports)
+
+    def _block_step(self, step):
+        """One step of a branch; a guest command waits for its report (bounded)."""
+        if isinstance(step, (f.Icr, f.GuestCommand)):
+            self.guest(step)
+            try:
+                report = self.workers[step.vcpu].reports.get(timeout=REPORT_TIMEOUT)
+            except queue.Empty:
+                return None  # still halted (a lost wake-up): the outcome will show it
+            how = describe_report(report)
+            return None if how in COMMAND_ACKS else (step.vcpu, how)
+        if isinstance(step, f.Msi):
+            self.msi(step)
+        elif isinstance(step, f.SetMpState):
+            self.set_mp_state(step.vcpu, step.state)
+        elif isinstance(step, f.GetMpState):
+            self.get_mp_state(step.vcpu)
+        else:
+            raise NotImplementedError(f"{step.kind} steps inside a concurrent block")
+        return None
 
     def smp_boot(self, step: f.SmpBoot) -> dict:
         result = self.guest_vm.smp_boot(broadcast=step.broadcast, vector=step.vector)

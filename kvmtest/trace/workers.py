@@ -7,9 +7,9 @@ wait until it is parked outside, read, and let it re-enter.
 
 import queue
 import threading
-import time
 
 from kvmtest import guest as g
+from kvmtest.threadstate import wait_asleep
 
 IDLE, BUSY, PAUSED = "idle", "busy", "paused"
 
@@ -99,35 +99,16 @@ class VcpuWorker:
             raise TimeoutError(f"vCPU {self.stepper.index}: worker did not stop")
 
     def wait_asleep(self, timeout: float) -> bool:
-        """Wait until the thread sleeps inside KVM_RUN (HLT, UNINITIALIZED, INIT_RECEIVED).
+        """Wait until the thread sleeps inside KVM_RUN (see kvmtest.threadstate)."""
 
-        A guest runs slowly here, so right after a HLT command it may still be on its way to
-        the HLT; observing it then would catch it RUNNABLE. The kernel's view of the thread
-        (state S in /proc) says when it is really blocked. KVM's halt polling keeps it R for
-        a moment first, which only delays this.
-        """
-        deadline = time.monotonic() + timeout
-        while self.native_id is None and time.monotonic() < deadline:
-            time.sleep(0.0002)
-        path = f"/proc/self/task/{self.native_id}/stat"
-        while True:
+        def in_kvm_run() -> bool:
             with self._cond:
                 busy = self._state != IDLE
-            if busy and _thread_state(path) == "S" and self.stepper.vcpu._thread is not None:
-                return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.0002)
+            return busy and self.stepper.vcpu.in_kvm_run
+
+        return wait_asleep(lambda: self.native_id, in_kvm_run, timeout)
 
     @property
     def busy(self) -> bool:
         with self._cond:
             return self._state != IDLE
-
-
-def _thread_state(path: str) -> str:
-    try:
-        with open(path) as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "?"

@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from kvmtest.runner import corpus_dir
 from tests.conftest import require_kvm
 
 
@@ -47,7 +48,7 @@ def test_builtin_corpus_passes_in_reference_mode():
 
 def test_pre_patch_profile_fails_on_this_kernel():
     require_kvm()
-    result = kvmtest("run", "-k", "msi-init-sipi", "--profile", "linux-3.9")
+    result = kvmtest("run", MSI_INIT_SIPI, "--profile", "linux-3.9")
     assert result.returncode == 1
     assert "mp_state" in result.stdout and "SIPI_RECEIVED" in result.stdout
 
@@ -90,8 +91,11 @@ def test_everything_skipped_exits_4(tmp_path):
     assert result.returncode == 4, result.stdout
 
 
+MSI_INIT_SIPI = os.path.join(corpus_dir(), "msi-init-sipi.yaml")
+
+
 def test_ktap_output_shape():
-    result = kvmtest("run", "--backend", "reference", "--format", "ktap", "-k", "msi-init")
+    result = kvmtest("run", "--backend", "reference", "--format", "ktap", MSI_INIT_SIPI)
     lines = result.stdout.splitlines()
     assert lines[0] == "KTAP version 1" and lines[1] == "1..1"
     assert "ok 1 msi-init-sipi" in lines
