@@ -143,6 +143,19 @@ def programs(block: f.Concurrently, setup: f.Setup) -> list[tuple[str, list[Move
                     Move(t, "emulate_halt", (v,), f"vcpu{v} kvm_emulate_halt writes mp_state"),
                     Move(t, "wait_report", (v,), f"vcpu{v} stepper waits for its HLT report"),
                 ]
+            elif isinstance(step, f.GuestCommand) and step.command in ("spin", "report", "x2apic"):
+                v = step.vcpu
+                moves += [
+                    Move(t, "run_entry", (v,), f"vcpu{v} enters KVM_RUN for its next command"),
+                    Move(t, "guest_runs", (v,), f"vcpu{v} guest runs ({step.command})"),
+                    Move(t, "kick_out", (v,), f"vcpu{v} guest reports (port I/O), leaves KVM_RUN"),
+                ]
+            elif isinstance(step, f.GuestCommand) and step.command == "start":
+                v = step.vcpu
+                moves += [
+                    Move(t, "start_run", (v,), f"vcpu{v} enters KVM_RUN for the first time"),
+                    Move(t, "wait_report", (v,), f"vcpu{v} stepper waits for its first report"),
+                ]
             elif isinstance(step, f.Msi):
                 what = _icr_label(step.data, False).split(" -> ")[0]
                 dest = (step.address_lo >> 12) & 0xFF
@@ -171,7 +184,8 @@ def programs(block: f.Concurrently, setup: f.Setup) -> list[tuple[str, list[Move
             else:
                 raise ExploreError(
                     f"{step.kind} steps inside a concurrent block are not explored "
-                    "(supported: icr, hlt, msi, set_mp_state, get_mp_state)"
+                    "(supported: icr, hlt, spin, report, x2apic, start, msi, set_mp_state, "
+                    "get_mp_state)"
                 )
             moves[start:] = [
                 Move(m.thread, m.op, m.args, m.label, len(moves)) for m in moves[start:]
@@ -249,7 +263,7 @@ class Explorer:
             for i, (thread, program) in enumerate(programs)
             if thread != "host"
             and node.pcs[i] < len(program)
-            and program[node.pcs[i]].op != "run_entry"
+            and program[node.pcs[i]].op not in ("run_entry", "start_run")
         }
         for vcpu in sorted(mid_command - node.waiting - entering):
             if m.run_status(vcpu) is RunResult.RUNS and m.vcpus[vcpu].regs["rip"] is not GUEST:
@@ -274,7 +288,7 @@ class Explorer:
         vcpus = m.vcpus
         v = move.args[0] if move.op not in ("signal_msi",) else None
         phase = vcpus[v].phase if v is not None else None
-        if move.op == "run_entry":
+        if move.op in ("run_entry", "start_run"):
             return phase == reference.Phase.OUT
         on_own_path = vcpus[v].regs["rip"] is GUEST if v is not None else True
         if move.op == "guest_runs":
@@ -311,7 +325,10 @@ class Explorer:
         else:
             i = next(i for i, (t, _) in enumerate(programs) if t == move.thread)
             pcs[i] += 1
-            if move.op != "wait_report":
+            if move.op == "start_run":
+                m.apply(reference.Step("run_entry", move.args))
+                waiting.add(move.args[0])  # the stepper reports once the vCPU runs
+            elif move.op != "wait_report":
                 m.apply(reference.Step(move.op, move.args))
             if move.op == "emulate_halt":
                 vcpu = move.args[0]
@@ -386,6 +403,7 @@ class Explorer:
         violating = None
         for key, outcome in terminal.items():
             landed = {v for v, how in nodes[key].landed if how.startswith("sipi")}
+            landed |= {v for v in must_land - landed if _at_sipi_vector(nodes[key].machine, v)}
             broken = ["init-never-lost"] if must_land - landed else []
             label = outcome.label()
             result.allowed[label] = outcome
@@ -412,6 +430,19 @@ def _how_it_runs(m, vcpu: int) -> str:
     if cs is not GUEST and cs.selector == 0xF000 and regs["rip"] == 0xFFF0:
         return "reset"
     return "woke"
+
+
+def _at_sipi_vector(machine, vcpu: int) -> bool:
+    """An AP that never ran again after the SIPI still counts as brought up if its state is the
+    SIPI's: SIPI_RECEIVED (before 3.10), or RUNNABLE at RIP 0 once the events are processed."""
+    m = machine.clone()
+    v = m.vcpus[vcpu]
+    if v.phase == reference.Phase.OUT:
+        m.get_mp_state(vcpu)  # a processing point from 3.10 on; never changes the outcome class
+    v = m.vcpus[vcpu]
+    if int(v.mp_state) == 4:
+        return True
+    return int(v.mp_state) == 0 and v.regs["rip"] == 0
 
 
 def _reaction_label(vcpu: int, name: str, m) -> str:

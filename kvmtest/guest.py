@@ -206,6 +206,7 @@ class Stepper:
         self.apic_id = index  # KVM's initial APIC ID is the vcpu_id
         self.vcpu = guest.vcpus[index]
         self.console = bytearray()  # text written to PORT_CONSOLE
+        self.interrupted: list[tuple] = []  # values of reports an INIT cut off
         self._values: list[int] = []
 
     # --- low level: usable from the vCPU's own thread ------------------------------------------
@@ -261,6 +262,12 @@ class Stepper:
         if kind not in REPORTS:
             raise GuestError(f"vCPU {self.index}: unknown report kind {kind:#x} {values}")
         name, names = REPORTS[kind]
+        if name in ("sipi", "reset") and len(values) > len(names):
+            # An INIT can reset the vCPU in the middle of a report: the values sent before it
+            # belong to a report that never finished. A landing or reset report starts a fresh
+            # execution, so its own values are the last ones; keep the cut-off ones on record.
+            self.interrupted.append(values[: -len(names)])
+            values = values[-len(names) :]
         if len(values) != len(names):
             raise GuestError(f"vCPU {self.index}: {name} report with values {values}")
         report = Report(name, values)

@@ -95,3 +95,26 @@ def test_cli_exit_codes():
     assert new.returncode == 0 and "no violation of init-never-lost" in new.stdout
     bad = subprocess.run([*run, "--profile", "linux-0.1"], capture_output=True, text=True)
     assert bad.returncode == 2
+
+
+RACES = [
+    "race-hlt-init-sipi",
+    "race-hlt-msi-init-sipi",
+    "race-init-vs-first-kvm-run",
+    "race-sipi-before-init-processed",
+    "race-two-senders-one-ap",
+]
+
+
+@pytest.mark.parametrize("name", RACES)
+@pytest.mark.parametrize("profile", ["linux-3.10", "mainline"])
+def test_no_race_trace_loses_an_init_after_the_patch(name, profile):
+    result = Explorer(load_trace(f"{corpus_dir()}/{name}.yaml"), profile).run()
+    assert not result.violations, result.violations
+    assert result.interleavings and all(result.outcomes.values())
+
+
+@pytest.mark.parametrize("name", ["race-hlt-init-sipi", "race-hlt-msi-init-sipi"])
+def test_hlt_races_lose_the_init_before_the_patch(name):
+    result = Explorer(load_trace(f"{corpus_dir()}/{name}.yaml"), "linux-3.9").run()
+    assert any("HALTED" in label for label in result.violations)

@@ -113,3 +113,18 @@ def test_halted_vcpu_is_kicked_out_resumed_and_woken_by_nmi(guest_vm):
     assert results == [None, None]
     guest_vm.vcpus[0].nmi()  # IVT vector 2 returns at once: HLT completes
     assert bsp.wait().kind == "hlt"
+
+
+def test_report_cut_off_by_an_init_is_set_aside(kvm):
+    """Values of a report that an INIT interrupted do not spoil the landing report after it."""
+    from kvmtest import guest as g
+
+    with g.GuestVm(kvm, 2) as vm:
+        ap = vm.stepper(1)
+        ap._values = [0x21, 1, 0x20, 1]  # 0x21 landing's values, cut off, then 0x20's
+        report = ap._finish(g.REP_SIPI)
+        assert (report.vector, report.apic_id) == (0x20, 1)
+        assert ap.interrupted == [(0x21, 1)]
+        ap._values = [1, 2, 3]
+        with pytest.raises(g.GuestError):
+            ap._finish(g.CMD_CS_IP)
