@@ -78,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--flavour", choices=("vmx", "svm", "pvm"), help="register flavour (default: this host's)"
     )
 
+    model = commands.add_parser(
+        "model",
+        help="show the reference model: transition table, profile switches, or state graph",
+        description="Print what the reference model does, generated from the model itself: "
+        "the transition table of a profile (markdown), the switches of every profile, or the "
+        "mp_state graph as Graphviz dot (pipe it to `dot -Tsvg`).",
+    )
+    model.add_argument("--profile", default="mainline", help="profile (mainline)")
+    model.add_argument(
+        "--format", choices=("table", "profiles", "dot"), default="table", help="what to print"
+    )
+
     listing = commands.add_parser(
         "list",
         help="list the traces (name, tags, rules covered)",
@@ -108,6 +120,23 @@ def _selection_options(parser) -> None:
     )
 
 
+def _model(args) -> int:
+    import reference
+    from reference import describe
+
+    if args.profile not in reference.PROFILES:
+        known = ", ".join(reference.PROFILES)
+        print(f"kvmtest model: unknown profile {args.profile!r} (known: {known})", file=sys.stderr)
+        return EXIT_USAGE
+    if args.format == "dot":
+        print(describe.state_graph_dot(args.profile), end="")
+    elif args.format == "profiles":
+        print(describe.profile_table(), end="")
+    else:
+        print(describe.transition_table(args.profile), end="")
+    return 0
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -129,6 +158,8 @@ def main(argv=None) -> int:
             from kvmtest import doctor
 
             return doctor.main(args)
+        if args.command == "model":
+            return _model(args)
         if args.command == "explore":
             from kvmtest import explore
 
@@ -147,5 +178,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("kvmtest: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `kvmtest ... | head`: the reader left; not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     parser.error(f"unknown command {args.command}")
     return EXIT_USAGE
