@@ -26,6 +26,7 @@ dm = st.sampled_from([enc.DM_INIT, enc.DM_STARTUP, enc.DM_NMI, enc.DM_FIXED])
 
 OPS = st.one_of(
     st.tuples(st.just("msi"), dm, dest, vector),
+    st.tuples(st.just("init_sipi"), dest, vector),  # the bring-up pair, back to back
     st.tuples(
         st.just("ipi"),
         vcpu,
@@ -72,6 +73,15 @@ def apply(m: Machine, op: tuple, reported: list) -> None:
     if name == "msi":
         d, v, vec = args
         m.signal_msi(*enc.encode_msi(d, vec, v))
+        return
+    if name == "init_sipi":
+        d, vec = args
+        m.signal_msi(*enc.encode_msi(enc.DM_INIT, 0, d))
+        before = [v.pending_init for v in m.vcpus]
+        m.signal_msi(*enc.encode_msi(enc.DM_STARTUP, vec, d))
+        for v, had in zip(m.vcpus, before, strict=True):
+            if had and not v.pending_init:
+                raise Violation(f"SIPI cancelled the pending INIT of vCPU {v.index}")
         return
     if name == "ipi":
         sender, d, dst, vec, sh, level, trig = args
