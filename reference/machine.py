@@ -41,8 +41,10 @@ kick, an event request while in guest mode) are the steps listed by ``pending_st
 ``(vcpu, name)`` with names ``guest_event``, ``wake`` and ``wake_uninit``; ``step(vcpu, name)``
 applies one and ``settle()`` applies all of them (lowest vCPU first) until none is enabled, which
 is what sequential replay does after each operation. An explorer runs each thread's operation
-list as ``atomic_steps`` and interleaves those with ``pending_steps``, using ``clone()`` and the
-hashable ``key()`` for a visited set::
+list as ``atomic_steps``, asks ``can_apply(step)`` whether the thread can take its next step now
+(a guest instruction needs guest mode, an ioctl needs the thread outside KVM_RUN), and
+interleaves those with ``pending_steps``, using ``clone()`` and the hashable ``key()`` for a
+visited set (tests/reference/test_race.py does exactly this)::
 
     # [Step('hlt_exit', (1,)), Step('emulate_halt', (1,))]
     for step in m.atomic_steps("guest_hlt", 1):
