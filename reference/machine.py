@@ -993,16 +993,16 @@ class Machine:
                 return self._leave(v, RunResult.EINTR)  # rule 29 (about 4.14)
             v.phase = Phase.U_BLOCK
             return RunResult.BLOCKED
+        if immediate_exit:
+            return self._leave(v, RunResult.EINTR)  # d.3: before kvm_x86_vcpu_pre_run
         if action == "check_blocked_ir":
             if p.run_rejects_blocked_ir and not self.init_allowed(v):
-                return self._leave(v, RunResult.EINVAL)  # d.3 (6.17)
+                return self._leave(v, RunResult.EINVAL)  # d.3 (6.17, kvm_x86_vcpu_pre_run)
             action = "block"
         elif action == "check_sr":
             if p.run_rejects_sipi_received:
-                return self._leave(v, RunResult.EINVAL)  # d.3 (6.17)
+                return self._leave(v, RunResult.EINVAL)  # d.3 (6.17, WARN_ON_ONCE)
             action = "block"
-        if immediate_exit:
-            return self._leave(v, RunResult.EINTR)  # d.3: no processing
         if action == "sipi_reset":
             # a.1/c.4: V1 resets from SIPI_RECEIVED at __vcpu_run entry, then runs.
             is_bsp = self.is_bsp(vcpu)
