@@ -366,6 +366,14 @@ def r29_immediate_exit_and_signal(p):
     return immediate, kicked, m.vcpus[1].mp_state
 
 
+def r29_immediate_exit_precedes_pre_run_checks(p):
+    """d.3: ``!wants_to_run`` is tested before kvm_x86_vcpu_pre_run's -EINVAL checks."""
+    m = vm(p)
+    m.set_vcpu_events(1, flags=VALID_SMM, smm=1)
+    assert m.set_mp_state(1, 2) == 0
+    return m.enter_run(1, immediate_exit=True), m.enter_run(1)
+
+
 def r29_old_kick(p):
     m = vm(p)
     m.enter_run(1)
@@ -610,6 +618,7 @@ ROWS = [
     ("29", r29_run_uninitialized, PATCHED, ("blocked", "-EAGAIN", R)),
     ("29", r29_immediate_exit_and_signal, MODERN, ("-EINTR", "-EINTR", IR)),
     ("29", r29_old_kick, OLD, ("-EAGAIN", U)),
+    ("29", r29_immediate_exit_precedes_pre_run_checks, ("mainline",), ("-EINTR", "-EINVAL")),
     ("30", r30_sipi_vector_events, ALL_PROFILES, (0, 0x5500)),
     ("31", r31_latched_init, MODERN, (1, U, IR)),
     ("31", r31_old_no_smm_api, OLD, (-22, 0x5)),
