@@ -64,7 +64,9 @@ at its last recalculation (the newest vCPU is missing after creation, rule 33, u
 an ID/LDR/DFR write, an APIC_BASE mode change or an INIT reset recalculates it, rule 34), and a
 slow path over every present LAPIC for shorthands, broadcasts and a disabled map (rule 35).
 
-Transition tables are the dicts below; ``describe.transition_table(profile)`` renders them.
+Transition tables are the dicts below (``SENDER_V1``, ``SENDER_PENDING``, ``ACCEPT_INIT``,
+``ACCEPT_SIPI``, ``RUN_ENTRY``, ``WAKE``, ``HLT``, ``SET_MP_STATE``); the code looks transitions
+up in them. ``describe.transition_table(profile)`` shows what they produce, by running the model.
 """
 
 from __future__ import annotations
@@ -437,10 +439,9 @@ class Machine:
     # ------------------------------------------------------------------ helpers
 
     def _v(self, vcpu: int) -> VCpu:
-        try:
-            return self.vcpus[vcpu]
-        except (IndexError, TypeError):
-            raise ModelError(f"no vCPU {vcpu!r}") from None
+        if not isinstance(vcpu, int) or not 0 <= vcpu < len(self.vcpus):
+            raise ModelError(f"no vCPU {vcpu!r}")
+        return self.vcpus[vcpu]
 
     def _ioctl(self, vcpu: int, name: str) -> VCpu:
         v = self._v(vcpu)
