@@ -72,6 +72,7 @@ up in them. ``describe.transition_table(profile)`` shows what they produce, by r
 from __future__ import annotations
 
 from enum import Enum, IntEnum
+from operator import itemgetter
 from typing import NamedTuple
 
 from . import encodings as enc
@@ -232,9 +233,8 @@ def _state(value: int):
 class VCpu:
     """One vCPU: KVM's per-vCPU state that the INIT/SIPI rules read or write, and its thread."""
 
-    __slots__ = (
-        "index",
-        "mp_state",
+    # A plain __dict__ (no __slots__): clone() copies it with one dict.copy().
+    _KEY_FIELDS = (
         "apic_base",
         "xapic_id",
         "ldr",
@@ -249,39 +249,26 @@ class VCpu:
         "pv_unhalted",
         "nested_block",
         "req_event",
-        "phase",
-        "last_exit",
-        "regs",
     )
 
     def copy(self) -> VCpu:
         c = VCpu.__new__(VCpu)
-        for name in VCpu.__slots__:
-            setattr(c, name, getattr(self, name))
-        c.regs = dict(self.regs)
+        d = self.__dict__.copy()
+        d["regs"] = d["regs"].copy()
+        c.__dict__ = d
         return c
 
     def key(self) -> tuple:
-        regs = self.regs
+        """Hashable state. Enums become plain values: Enum.__hash__ is Python code, slow."""
+        d = self.__dict__
+        regs = d["regs"]
+        exit_ = d["last_exit"]
         return (
-            int(self.mp_state),
-            self.apic_base,
-            self.xapic_id,
-            self.ldr,
-            self.dfr,
-            self.spiv,
-            self.pending_init,
-            self.pending_sipi,
-            self.sipi_vector,
-            self.smm,
-            self.smi_pending,
-            self.nmi_pending,
-            self.pv_unhalted,
-            self.nested_block,
-            self.req_event,
-            int(self.phase),
-            self.last_exit,
-            tuple(regs[n] for n in _REG_ORDER),
+            int(d["mp_state"]),
+            int(d["phase"]),
+            exit_ and exit_.value,
+            *_key_fields(d),
+            tuple(map(regs.__getitem__, _REG_ORDER)),
         )
 
     @property
@@ -314,6 +301,8 @@ class VCpu:
             f"vector={self.sipi_vector:#x} smm={int(self.smm)})"
         )
 
+
+_key_fields = itemgetter(*VCpu._KEY_FIELDS)
 
 # Operations an explorer may apply as steps (atomic_steps / apply). Maps op -> method name.
 _OPS = {
