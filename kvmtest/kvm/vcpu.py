@@ -1,5 +1,6 @@
 """Vcpu: one vCPU fd, its kvm_run page, and the state ioctls."""
 
+import errno
 import mmap
 import os
 import signal
@@ -33,6 +34,8 @@ class Vcpu(OwnedFd):
         self.vm = vm
         self.vcpu_id = vcpu_id
         self._thread = None
+        self._kick_lock = threading.Lock()
+        self._kick_pending = False
         try:
             size = vm.kvm.get_vcpu_mmap_size()
             self._run_map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -58,12 +61,25 @@ class Vcpu(OwnedFd):
     # --- running -------------------------------------------------------------------------
 
     def run_raw(self) -> int:
-        """KVM_RUN; returns 0 or -errno. The decoded exit is in self.last_exit()."""
-        self._thread = threading.get_ident()
+        """KVM_RUN; returns 0 or -errno. The decoded exit is in self.last_exit().
+
+        Every kick() is answered by exactly one -EINTR: one that lands while KVM_RUN returns
+        for another reason (an I/O exit, -EAGAIN) stays pending and ends the next call at once,
+        so a caller that retries (an AP leaving UNINITIALIZED) can never swallow it."""
+        with self._kick_lock:
+            if self._kick_pending:
+                self._kick_pending = False
+                _lib.lib.kvmtest_set_immediate_exit(self._run, 0)
+                self._exit.reason = _lib.lib.KVM_EXIT_INTR
+                return -errno.EINTR
+            self._thread = threading.get_ident()
         ret = _lib.lib.kvmtest_run(self._fd, self._run, self._exit)
         err = _lib.ffi.errno
-        self._thread = None
-        _lib.lib.kvmtest_set_immediate_exit(self._run, 0)
+        with self._kick_lock:
+            self._thread = None
+            _lib.lib.kvmtest_set_immediate_exit(self._run, 0)
+            if ret < 0 and err == errno.EINTR:
+                self._kick_pending = False  # this return answers the kick
         return ret if ret >= 0 else -err
 
     def run(self) -> exits.Exit:
@@ -107,10 +123,12 @@ class Vcpu(OwnedFd):
         self._run_map[exit_.data_offset : exit_.data_offset + len(data)] = data
 
     def kick(self) -> None:
-        """Make a concurrent run() return exits.Intr(): immediate_exit for a thread about to
-        enter KVM_RUN, a signal for one already inside it."""
-        _lib.lib.kvmtest_set_immediate_exit(self._run, 1)
-        thread = self._thread
+        """Make a concurrent run() (or the next one) return exits.Intr(): immediate_exit for a
+        thread about to enter KVM_RUN, a signal for one already inside it."""
+        with self._kick_lock:
+            self._kick_pending = True
+            _lib.lib.kvmtest_set_immediate_exit(self._run, 1)
+            thread = self._thread
         if thread is not None:
             try:
                 signal.pthread_kill(thread, KICK_SIGNAL)

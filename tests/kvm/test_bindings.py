@@ -202,3 +202,22 @@ def test_missing_device_is_reported_clearly(tmp_path):
     with pytest.raises(KvmError) as err:
         Kvm(str(tmp_path / "no-kvm"))
     assert err.value.errno == errno.ENOENT and "no-kvm" in str(err.value)
+
+
+def test_kick_after_an_exit_is_answered_by_the_next_run(kvm):
+    """A kick never gets lost between two KVM_RUN calls, and is answered exactly once."""
+    with kvm.create_vm() as vm:
+        memory = vm.set_user_memory_region(0, 0, 0x10000)
+        memory[0x1000:0x1006] = b"\xe6\xe9\xe6\xe9\xeb\xfa"  # out al,0xe9 ; out al,0xe9 ; jmp
+        vcpu = vm.create_vcpu(0)
+        sregs = vcpu.get_sregs()
+        sregs.cs.base, sregs.cs.selector = 0, 0
+        vcpu.set_sregs(sregs)
+        regs = vcpu.get_regs()
+        regs.rip, regs.rflags = 0x1000, 2
+        vcpu.set_regs(regs)
+        assert isinstance(vcpu.run(), exits.Io)
+        vcpu.kick()  # the vCPU is outside KVM_RUN now
+        assert isinstance(vcpu.run(), exits.Intr)
+        assert isinstance(vcpu.run(), exits.Io)  # the kick was answered once, not twice
+        assert vcpu.get_regs().rip == 0x1004

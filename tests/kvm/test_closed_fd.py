@@ -1,6 +1,7 @@
 """Every wrapper called on a closed handle raises KvmError with EBADF (runs without KVM)."""
 
 import errno
+import threading
 
 import pytest
 
@@ -21,6 +22,7 @@ def closed_handles():
     vcpu = Vcpu.__new__(Vcpu)
     OwnedFd.__init__(vcpu, -1)
     vcpu.vm, vcpu.vcpu_id, vcpu._thread = vm, 0, None
+    vcpu._kick_lock, vcpu._kick_pending = threading.Lock(), False
     vcpu._release = lambda: None
     # A closed vCPU runs against a harmless page, as after Vcpu.close().
     from kvmtest.kvm import ffi
