@@ -48,6 +48,8 @@ def describe_report(report) -> str:
         return "none"
     if report.kind == "sipi":
         return f"sipi {report.vector:#x}"
+    if report.kind == "exception":
+        return f"exception {report.vector:#x}"
     return report.kind
 
 

@@ -148,8 +148,10 @@ class ModelSide:
         m.guest_runs(vcpu)
         if kind == "icr":
             count = m.icr_write(vcpu, step.value, self.setup.apic == "x2apic")
-            self._report(vcpu, "icr")
-            return {(vcpu, "icr.result"): count} if count == "#GP" else {}
+            # A WRMSR that faults (#GP, reserved ICR bits, rule 40) lands in the stepper's
+            # exception handler, which reports the vector and goes back to its loop.
+            self._report(vcpu, "exception 0xd" if count == "#GP" else "icr")
+            return {}
         if kind == "x2apic":
             m.enable_x2apic(vcpu)
         if kind == "hlt":
