@@ -605,7 +605,8 @@ class Machine:
             # One target; KVM arbitrates by priority among software-enabled APICs. The model
             # picks the lowest vCPU index (UNVERIFIED arbitration).
             enabled = [t for t in targets if t.sw_enabled]
-            return self._accept_irq(enabled[0], irq) if enabled else 0
+            # kvm_irq_delivery_to_apic: r stays -1 when no software-enabled candidate exists
+            return self._accept_irq(enabled[0], irq) if enabled else -1
         return sum(self._accept_irq(t, irq) for t in targets)
 
     def _fast_targets(self, src: VCpu | None, irq: enc.Irq):
