@@ -143,17 +143,14 @@ def _run_with_deadline(trace, profile, context, rep, timeout) -> TraceResult:
     thread.join(timeout)
     if box:
         return box[0]
-    return TraceResult(
-        name=trace.name,
-        path=trace.path,
+    return TraceResult.of(
+        trace,
+        profile,
+        context.backend,
+        rep,
         status=Status.ERROR,
-        profile=profile,
-        backend=context.backend,
-        rules=trace.rules,
-        tags=trace.tags,
         message=f"timed out after {timeout:g} s (the trace's VM is abandoned)",
         elapsed=time.perf_counter() - start,
-        repeat=rep,
     )
 
 

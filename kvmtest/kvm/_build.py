@@ -8,6 +8,17 @@ call that releases the GIL, not a dozen attribute reads on the kvm_run page.
 
 from cffi import FFI
 
+# The decoded exit: one flat struct filled by kvmtest_run(), declared once for both sides.
+EXIT_STRUCT = """
+struct kvmtest_exit {
+    __u32 reason;
+    __u8 io_direction; __u8 io_size; __u16 io_port; __u32 io_count; __u64 io_data_offset;
+    __u64 mmio_phys_addr; __u8 mmio_data[8]; __u32 mmio_len; __u8 mmio_is_write;
+    __u64 fail_entry_reason; __u32 internal_suberror; __u32 internal_ndata; __u64 internal_data[4];
+    __u32 system_event_type;
+};
+"""
+
 CDEF = r"""
 typedef int... __u8;
 typedef int... __u16;
@@ -117,16 +128,9 @@ struct kvm_vcpu_events {
     ...;
 };
 struct kvm_run;
+"""
 
-/* The decoded exit: one flat struct filled by kvmtest_run(). */
-struct kvmtest_exit {
-    __u32 reason;
-    __u8 io_direction; __u8 io_size; __u16 io_port; __u32 io_count; __u64 io_data_offset;
-    __u64 mmio_phys_addr; __u8 mmio_data[8]; __u32 mmio_len; __u8 mmio_is_write;
-    __u64 fail_entry_reason; __u32 internal_suberror; __u32 internal_ndata; __u64 internal_data[4];
-    __u32 system_event_type;
-};
-
+FUNCTIONS = r"""
 int kvmtest_ioctl_ptr(int fd, unsigned long request, void *arg);
 int kvmtest_ioctl_int(int fd, unsigned long request, unsigned long arg);
 int kvmtest_run(int fd, struct kvm_run *run, struct kvmtest_exit *out);
@@ -134,21 +138,15 @@ void kvmtest_set_immediate_exit(struct kvm_run *run, int value);
 int kvmtest_install_kick_handler(int signo);
 """
 
-SOURCE = r"""
+SOURCE_HEAD = r"""
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <linux/kvm.h>
+"""
 
-struct kvmtest_exit {
-    __u32 reason;
-    __u8 io_direction; __u8 io_size; __u16 io_port; __u32 io_count; __u64 io_data_offset;
-    __u64 mmio_phys_addr; __u8 mmio_data[8]; __u32 mmio_len; __u8 mmio_is_write;
-    __u64 fail_entry_reason; __u32 internal_suberror; __u32 internal_ndata; __u64 internal_data[4];
-    __u32 system_event_type;
-};
-
+SOURCE = r"""
 static int kvmtest_ioctl_ptr(int fd, unsigned long request, void *arg)
 {
     return ioctl(fd, request, arg);
@@ -221,8 +219,8 @@ static int kvmtest_install_kick_handler(int signo)
 """
 
 ffibuilder = FFI()
-ffibuilder.cdef(CDEF)
-ffibuilder.set_source("kvmtest.kvm._kvm_cffi", SOURCE)
+ffibuilder.cdef(CDEF + EXIT_STRUCT + FUNCTIONS)
+ffibuilder.set_source("kvmtest.kvm._kvm_cffi", SOURCE_HEAD + EXIT_STRUCT + SOURCE)
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

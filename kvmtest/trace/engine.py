@@ -123,16 +123,7 @@ def _check_pins(trace, index, step, predicted: dict) -> list:
 def run_trace(trace: f.Trace, profile: str, host: HostContext, repeat: int = 0) -> TraceResult:
     """Replay `trace` under `profile`; never raises for a problem in the trace or the host."""
     start = time.perf_counter()
-    result = TraceResult(
-        name=trace.name,
-        path=trace.path,
-        status=Status.PASS,
-        profile=profile,
-        backend=host.backend,
-        rules=trace.rules,
-        tags=trace.tags,
-        repeat=repeat,
-    )
+    result = TraceResult.of(trace, profile, host.backend, repeat)
     if not trace.applies_to(profile):
         result.status, result.message = Status.SKIP, f"does not apply to profile {profile}"
         return result

@@ -69,6 +69,21 @@ class TraceResult:
     outcomes: dict = field(default_factory=dict)  # concurrent blocks: outcome label -> count
     allowed: dict = field(default_factory=dict)  # concurrent blocks: label -> allowed?
 
+    @classmethod
+    def of(cls, trace, profile: str, backend: str, repeat: int = 0, **fields) -> "TraceResult":
+        """A result for `trace` (status PASS unless given), with its name, rules and tags."""
+        fields.setdefault("status", Status.PASS)
+        return cls(
+            name=trace.name,
+            path=trace.path,
+            profile=profile,
+            backend=backend,
+            rules=trace.rules,
+            tags=trace.tags,
+            repeat=repeat,
+            **fields,
+        )
+
     def to_json(self) -> dict:
         return {
             "name": self.name,
