@@ -1,0 +1,323 @@
+"""`kvmtest matrix`: validate a kernel (patch) by booting it and running the suite inside it.
+
+    kvmtest matrix boot KERNEL [-- RUN-ARGS]   boot one kernel under QEMU, run `kvmtest run` in it
+    kvmtest matrix run [--kernel K ...]        the matrix: Debian 6.1, Debian 6.12, the host kernel
+    kvmtest matrix summary DIR                 re-print a matrix run's summary table
+
+KERNEL is a kernel image (``arch/x86/boot/bzImage``, ``/boot/vmlinuz-*``; modules from
+``--modules`` or found next to it), a Debian package (``linux-image-6.1.0-50-amd64``, fetched with
+``apt-get download`` and unpacked under the cache, never installed) or an alias
+(``debian-6.1``, ``debian-6.12``). In a matrix, ``host`` runs the suite on this machine's own
+kernel without booting anything.
+
+Results per kernel (DIR/<kernel>/): ``ktap.txt``, ``junit.xml``, ``stderr.txt``, ``exit-code``,
+``console.log``. The exit code is the guest's `kvmtest run` exit code (0 pass, 1 fail, 2 usage,
+4 all skipped); 1 when the kernel did not boot or the guest reported nothing.
+
+Also runnable without the CLI wiring: ``python -m kvmtest.matrix ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kvmtest import matrix_boot as mb
+from kvmtest import matrix_summary as ms
+from kvmtest.host import default_profile
+
+# Debian kernels of the matrix, pinned so that a matrix run is reproducible (bump deliberately).
+DEBIAN_KERNELS = {
+    "debian-6.1": "linux-image-6.1.0-50-amd64",  # 6.1.176, Debian 12's own kernel
+    "debian-6.12": "linux-image-6.12.100+deb12-amd64",  # 6.12.100, Debian 12 security/backports
+}
+DEFAULT_MATRIX = ["debian-6.1", "debian-6.12", "host"]
+EXIT_FAIL = 1
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add `matrix` (with `boot`, `run`, `summary`) to kvmtest's subcommands."""
+    matrix = subparsers.add_parser(
+        "matrix",
+        help="boot kernels under QEMU and run the suite inside them (kernel-patch validation)",
+        description="Boot a kernel under QEMU (nested KVM where the host offers it, otherwise TCG "
+        "with -cpu max, which emulates SVM), load KVM inside it, run `kvmtest run` there with "
+        "the profile chosen for that kernel, and bring back KTAP, JUnit XML and the exit code. "
+        "See docs/kernel-matrix.md.",
+    )
+    actions = matrix.add_subparsers(dest="matrix_command", metavar="ACTION")
+
+    boot = actions.add_parser(
+        "boot",
+        help="boot one kernel and run the suite inside it",
+        description="Boot KERNEL (an image, a Debian linux-image package or debian-6.1 / "
+        "debian-6.12) and run `kvmtest run` inside it. Arguments after `--` go to "
+        "`kvmtest run`. Exit code: the guest's kvmtest exit code, 1 if nothing came back.",
+    )
+    boot.add_argument("kernel", metavar="KERNEL")
+    boot.add_argument("--modules", metavar="DIR", help="the kernel's module tree lib/modules/REL")
+    boot.add_argument("--release", help="kernel release (default: from the modules or image)")
+    boot.add_argument(
+        "--out", metavar="DIR", default="kernel-results", help="results directory (kernel-results)"
+    )
+    _common_options(boot)
+
+    run = actions.add_parser(
+        "run",
+        help="the kernel matrix: boot each kernel, run the suite, print the summary",
+        description="Run the suite on each kernel of the matrix (default: debian-6.1, "
+        "debian-6.12 and host, this machine's own kernel) and print a summary: kernel by trace "
+        "outcome, with the profile that judged each kernel. Exit 1 unless every kernel passed.",
+    )
+    run.add_argument(
+        "--kernel",
+        dest="kernels",
+        action="append",
+        metavar="K",
+        help="a kernel of the matrix (repeatable; default: debian-6.1 debian-6.12 host)",
+    )
+    run.add_argument(
+        "--out", metavar="DIR", default="kernel-matrix", help="results directory (kernel-matrix)"
+    )
+    run.add_argument("--all-traces", action="store_true", help="show every trace in the grid")
+    _common_options(run)
+
+    summary = actions.add_parser(
+        "summary",
+        help="print the summary of a finished matrix run",
+        description="Re-render the summary table from DIR/matrix.json.",
+    )
+    summary.add_argument("out", metavar="DIR")
+    summary.add_argument("--all-traces", action="store_true", help="show every trace in the grid")
+    return matrix
+
+
+def _common_options(parser) -> None:
+    parser.add_argument(
+        "--method",
+        choices=("initramfs", "vng"),
+        default="initramfs",
+        help="initramfs: busybox + 9p (fast, default); vng: virtme-ng",
+    )
+    parser.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="auto (default): KVM where the host offers nested virtualisation, else TCG",
+    )
+    parser.add_argument("--profile", help="model profile (default: chosen from the release)")
+    parser.add_argument("--cpus", type=int, default=2, help="guest vCPUs (2)")
+    parser.add_argument("--memory", default="2G", help="guest memory (2G)")
+    parser.add_argument(
+        "--boot-timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="kill the guest after this long (3600)",
+    )
+    parser.add_argument(
+        "--console", action="store_true", help="copy the guest console to stderr as it runs"
+    )
+    parser.add_argument(
+        "-k", dest="patterns", action="append", default=[], help="passed to kvmtest run"
+    )
+    parser.add_argument("--tag", dest="tags", action="append", default=[], help="as kvmtest run")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="kvmtest run's per-trace timeout (600: emulated KVM is slow)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "run_args", nargs="*", metavar="-- RUN-ARGS", help="more arguments for kvmtest run"
+    )
+
+
+def run_arguments(args) -> list:
+    extra = [a for a in args.run_args if a != "--"]
+    result = []
+    for pattern in args.patterns:
+        result += ["-k", pattern]
+    for tag in args.tags:
+        result += ["--tag", tag]
+    return [*result, "--timeout", f"{args.timeout:g}", *extra]
+
+
+def resolve_kernel(spec: str, modules: str | None = None, release: str | None = None):
+    """A Kernel from an alias, a Debian package name or an image path."""
+    package = DEBIAN_KERNELS.get(spec, spec)
+    if re.fullmatch(r"linux-image-[\w.+~-]+", package) and not os.path.exists(spec):
+        kernel = mb.fetch_debian_kernel(package)
+        kernel.label = spec
+        return kernel
+    image = Path(spec)
+    if not image.is_file():
+        raise mb.BootError(f"{spec}: no such kernel image, Debian package or alias")
+    module_dir = Path(modules) if modules else mb.find_modules_for(image)
+    return mb.Kernel(image, module_dir, release or "", label=_label(image, release))
+
+
+def _label(image: Path, release: str | None) -> str:
+    rel = release or mb.guess_release(image, None)
+    return rel or image.name
+
+
+def boot_one(args, spec: str, out_dir: Path, modules=None, release=None) -> ms.KernelOutcome:
+    kernel = resolve_kernel(spec, modules, release)
+    result = mb.boot(
+        kernel,
+        out_dir,
+        run_arguments(args),
+        profile=args.profile,
+        method=args.method,
+        accel=args.accel,
+        cpus=args.cpus,
+        memory=args.memory,
+        timeout=args.boot_timeout,
+        console=sys.stderr if args.console else None,
+    )
+    return outcome_from_dir(result.to_json(), out_dir)
+
+
+def run_host(args, out_dir: Path) -> ms.KernelOutcome:
+    """The host kernel's row: `kvmtest run` on this machine, no boot."""
+    out_dir = out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    release = platform.release()
+    profile = args.profile or default_profile(release)
+    command = [sys.executable, "-m", "kvmtest", "run", "--format", "ktap"]
+    command += ["--junit-xml", str(out_dir / "junit.xml"), "--profile", profile, "--require-kvm"]
+    command += run_arguments(args)
+    mb.say(f"running on the host kernel {release} (profile {profile})")
+    start = time.monotonic()
+    with open(out_dir / "ktap.txt", "w") as ktap, open(out_dir / "stderr.txt", "w") as err:
+        code = subprocess.run(command, stdout=ktap, stderr=err, cwd=mb.project_root()).returncode
+    (out_dir / "exit-code").write_text(f"{code}\n")
+    elapsed = round(time.monotonic() - start, 1)
+    data = {
+        "kernel": "host",
+        "release": release,
+        "profile": profile,
+        "method": "host",
+        "exit_code": code,
+        "suite_seconds": elapsed,
+        "total_seconds": elapsed,
+    }
+    return outcome_from_dir(data, out_dir)
+
+
+def outcome_from_dir(data: dict, out_dir: Path) -> ms.KernelOutcome:
+    """A summary row from a boot's result data and the KTAP/stderr in its directory."""
+    outcome = ms.KernelOutcome.from_json(data)
+    ktap = _read(out_dir / "ktap.txt")
+    outcome.traces = ms.parse_ktap(ktap)
+    outcome.backend = ms.backend_from_banner(_read(out_dir / "stderr.txt"))
+    if outcome.exit_code == mb.EXIT_NO_RESULT and not ktap:
+        outcome.exit_code = None
+    return outcome
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _exit_code(outcome: ms.KernelOutcome) -> int:
+    return EXIT_FAIL if outcome.exit_code is None else outcome.exit_code
+
+
+def cmd_boot(args) -> int:
+    out_dir = Path(args.out)
+    outcome = boot_one(args, args.kernel, out_dir, args.modules, args.release)
+    (out_dir.resolve() / "result.json").write_text(json.dumps(outcome.to_json(), indent=2) + "\n")
+    if args.json:
+        print(json.dumps(outcome.to_json(), indent=2))
+    else:
+        print(ms.render_summary([outcome]))
+        print(f"\nKTAP: {out_dir / 'ktap.txt'}\nJUnit XML: {out_dir / 'junit.xml'}")
+    return _exit_code(outcome)
+
+
+def cmd_run(args) -> int:
+    kernels = args.kernels or DEFAULT_MATRIX
+    root = Path(args.out).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    outcomes = []
+    for spec in kernels:
+        out_dir = root / re.sub(r"[^\w.+-]", "_", spec)
+        try:
+            if spec == "host":
+                outcome = run_host(args, out_dir)
+            else:
+                outcome = boot_one(args, spec, out_dir)
+        except (mb.BootError, subprocess.CalledProcessError) as exc:
+            mb.say(f"{spec}: {exc}")
+            outcome = ms.KernelOutcome(spec, "", args.profile or "?", notes=[str(exc)])
+        outcomes.append(outcome)
+        (root / "matrix.json").write_text(
+            json.dumps([o.to_json() for o in outcomes], indent=2) + "\n"
+        )
+    text = ms.render_summary(outcomes, all_traces=args.all_traces)
+    (root / "summary.txt").write_text(text + "\n")
+    if args.json:
+        print(json.dumps([o.to_json() for o in outcomes], indent=2))
+    else:
+        print(text)
+        print(f"\nResults: {root}/<kernel>/ktap.txt, junit.xml; summary: {root}/summary.txt")
+    return 0 if all(_exit_code(o) == 0 for o in outcomes) else EXIT_FAIL
+
+
+def cmd_summary(args) -> int:
+    path = Path(args.out) / "matrix.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"kvmtest matrix summary: {path}: {exc}", file=sys.stderr)
+        return 2
+    print(ms.render_summary([ms.KernelOutcome.from_json(d) for d in data], args.all_traces))
+    return 0
+
+
+def main(args) -> int:
+    """Entry point for `kvmtest matrix` (args from the parser add_parser built)."""
+    action = getattr(args, "matrix_command", None)
+    if action is None:
+        print("kvmtest matrix: choose an action: boot, run or summary", file=sys.stderr)
+        return 2
+    try:
+        if action == "boot":
+            return cmd_boot(args)
+        if action == "run":
+            return cmd_run(args)
+        return cmd_summary(args)
+    except mb.BootError as exc:
+        print(f"kvmtest matrix: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        print("kvmtest matrix: interrupted", file=sys.stderr)
+        return 130
+
+
+def standalone(argv=None) -> int:
+    """`python -m kvmtest.matrix ...` until the subcommand is wired into kvmtest's CLI."""
+    parser = argparse.ArgumentParser(prog="kvmtest")
+    add_parser(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "matrix":
+        argv.insert(0, "matrix")
+    return main(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(standalone())

@@ -1,0 +1,647 @@
+"""Boot a kernel under QEMU, load KVM inside it, and run `kvmtest run` there.
+
+Two boot paths, both sharing the host's root filesystem read-only into the guest over virtio-9p
+so that the guest runs *this* checkout's Python and virtual environment:
+
+- ``initramfs`` (fast): a busybox-static initramfs whose ``/init`` loads the kernel's own
+  modules (KVM, 9p, virtio-pci), mounts the host root and a writable results share, and
+  ``chroot``s into the host root to run the suite.
+- ``vng``: virtme-ng, the way kernel developers boot a freshly built tree
+  (``vng --run arch/x86/boot/bzImage``).
+
+The guest writes KTAP (``ktap.txt``), JUnit XML (``junit.xml``), kvmtest's stderr
+(``stderr.txt``) and the exit code (``exit-code``) into the results directory, which is mounted in
+the guest at the same path as on the host. QEMU uses hardware virtualisation where the host offers
+nested KVM and otherwise single-threaded TCG with ``-cpu max`` (which emulates SVM, so the guest
+kernel's ``kvm_amd`` offers a working ``/dev/kvm``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import lzma
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvmtest.host import default_profile
+
+CACHE_DIR = Path(os.environ.get("KVMTEST_CACHE", Path.home() / ".cache" / "kvmtest"))
+DEBIAN_PACKAGES = {  # Debian package -> the commands it provides
+    "qemu-system-x86": "qemu-system-x86_64",
+    "busybox-static": "/bin/busybox",
+    "cpio": "cpio",
+    "xz-utils": "xz",
+}
+# Modules the guest needs, in the order they are wanted; dependencies are loaded first.
+# The guest's /init loads only the vendor module matching its CPU (svm or vmx flag).
+GUEST_MODULES = ["virtio_pci", "9pnet_virtio", "9p", "kvm_amd", "kvm_intel"]
+OPTIONAL_MODULES = {"kvm_intel", "kvm_amd"}
+# Exit code reported when the guest never wrote one (boot failure, panic, timeout).
+EXIT_NO_RESULT = 3
+EXIT_ERROR = 1
+
+
+class BootError(Exception):
+    """The kernel could not be prepared or booted (not a test failure)."""
+
+
+@dataclass
+class Kernel:
+    """A bootable kernel: its image, its module tree (may be None) and its release."""
+
+    image: Path
+    modules: Path | None = None
+    release: str = ""
+    label: str = ""
+
+    def __post_init__(self):
+        self.image = Path(self.image)
+        if self.modules is not None:
+            self.modules = Path(self.modules)
+        if not self.release:
+            self.release = guess_release(self.image, self.modules)
+        if not self.label:
+            self.label = self.release or self.image.name
+
+
+@dataclass
+class BootResult:
+    kernel: str
+    release: str
+    profile: str
+    method: str
+    accel: str
+    exit_code: int
+    out_dir: Path
+    boot_seconds: float | None = None
+    suite_seconds: float | None = None
+    total_seconds: float = 0.0
+    notes: list = field(default_factory=list)
+
+    @property
+    def ktap(self) -> Path:
+        return self.out_dir / "ktap.txt"
+
+    @property
+    def junit(self) -> Path:
+        return self.out_dir / "junit.xml"
+
+    def to_json(self) -> dict:
+        return {
+            "kernel": self.kernel,
+            "release": self.release,
+            "profile": self.profile,
+            "method": self.method,
+            "accel": self.accel,
+            "exit_code": self.exit_code,
+            "out_dir": str(self.out_dir),
+            "ktap": str(self.ktap),
+            "junit": str(self.junit),
+            "boot_seconds": self.boot_seconds,
+            "suite_seconds": self.suite_seconds,
+            "total_seconds": self.total_seconds,
+            "notes": self.notes,
+        }
+
+
+def say(message: str) -> None:
+    print(f"kvmtest matrix: {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Host set-up
+
+
+def ensure_debian_packages(packages=None) -> None:
+    """Install the Debian packages the boot needs (as root with apt-get), idempotently."""
+    wanted = packages or DEBIAN_PACKAGES
+    missing = [
+        pkg
+        for pkg, tool in wanted.items()
+        if not (os.path.exists(tool) if tool.startswith("/") else shutil.which(tool))
+    ]
+    if not missing:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise BootError(f"missing Debian packages: apt-get install {' '.join(missing)}")
+    say(f"installing Debian packages: {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", *missing],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def nested_kvm_available() -> bool:
+    """Whether the host's KVM can run a guest that itself uses KVM (nested VMX/SVM)."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    for module in ("kvm_intel", "kvm_amd"):
+        try:
+            value = Path(f"/sys/module/{module}/parameters/nested").read_text().strip()
+        except OSError:
+            continue
+        if value in ("Y", "y", "1"):
+            return True
+    return False
+
+
+def choose_accel(accel: str) -> str:
+    if accel == "auto":
+        return "kvm" if nested_kvm_available() else "tcg"
+    return accel
+
+
+def qemu_cpu_args(accel: str) -> list:
+    if accel == "kvm":
+        return ["-accel", "kvm", "-cpu", "host"]
+    # Multi-threaded TCG froze the guest every few minutes (QEMU 7.2): one thread it is.
+    return ["-accel", "tcg,thread=single", "-cpu", "max"]
+
+
+# --------------------------------------------------------------------------------------------
+# Debian kernels
+
+
+def fetch_debian_kernel(package: str, cache: Path = CACHE_DIR) -> Kernel:
+    """`apt-get download` a linux-image package and unpack it under the cache (never install)."""
+    root = cache / "kernels" / package
+    stamp = root / ".unpacked"
+    if not stamp.exists():
+        debs = cache / "kernels" / "debs"
+        debs.mkdir(parents=True, exist_ok=True)
+        found = sorted(debs.glob(f"{package}_*.deb"))
+        if not found:
+            say(f"apt-get download {package}")
+            ensure_debian_packages({"dpkg": "dpkg-deb"})
+            result = subprocess.run(
+                ["apt-get", "download", package], cwd=debs, capture_output=True, text=True
+            )
+            if result.returncode != 0:
+                # The package lists may be missing on a fresh machine: update once and retry.
+                subprocess.run(["apt-get", "update", "-qq"], check=False)
+                subprocess.run(["apt-get", "download", package], cwd=debs, check=True)
+            found = sorted(debs.glob(f"{package}_*.deb"))
+        if not found:
+            raise BootError(f"apt-get download {package} produced no .deb")
+        if root.exists():
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        subprocess.run(["dpkg-deb", "-x", str(found[-1]), str(root)], check=True)
+        stamp.touch()
+    images = sorted((root / "boot").glob("vmlinuz-*"))
+    if not images:
+        raise BootError(f"{package}: no /boot/vmlinuz-* in the package")
+    release = images[0].name[len("vmlinuz-") :]
+    return Kernel(images[0], root / "lib" / "modules" / release, release, label=package)
+
+
+def guess_release(image: Path, modules: Path | None) -> str:
+    """The kernel release: the module directory's name, or the version string in the image."""
+    if modules is not None and modules.name and modules.name[0].isdigit():
+        return modules.name
+    if image.name.startswith("vmlinuz-"):
+        return image.name[len("vmlinuz-") :]
+    return image_release(image)
+
+
+def image_release(image: Path) -> str:
+    """The release from a bzImage's setup header (the kernel_version string), or ''."""
+    try:
+        data = image.read_bytes()[:0x10000]
+    except OSError:
+        return ""
+    if len(data) < 0x210 or data[0x202:0x206] != b"HdrS":
+        return ""
+    offset = int.from_bytes(data[0x20E:0x210], "little") + 0x200
+    end = data.find(b"\0", offset)
+    text = data[offset:end].decode("ascii", "replace") if end > offset else ""
+    return text.split(" ")[0]
+
+
+def find_modules_for(image: Path) -> Path | None:
+    """Modules next to an image: a Debian tree (../lib/modules/REL) or /lib/modules/REL."""
+    release = guess_release(image, None)
+    candidates = [image.parent.parent / "lib" / "modules" / release]
+    candidates.append(Path("/lib/modules") / release)
+    for candidate in candidates:
+        if release and candidate.is_dir():
+            return candidate
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Modules
+
+
+def module_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".xz", ".zst", ".gz"):
+        name = name.removesuffix(suffix)
+    return name.removesuffix(".ko").replace("-", "_")
+
+
+def read_module(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.suffix == ".xz":
+        return lzma.decompress(data)
+    if path.suffix == ".gz":
+        return gzip.decompress(data)
+    if path.suffix == ".zst":
+        result = subprocess.run(["zstd", "-dc", str(path)], capture_output=True, check=True)
+        return result.stdout
+    return data
+
+
+def module_depends(data: bytes) -> list:
+    """The `depends=` entry of a module's .modinfo section."""
+    start = 0
+    while True:
+        index = data.find(b"depends=", start)
+        if index < 0:
+            return []
+        if index == 0 or data[index - 1] == 0:
+            end = data.find(b"\0", index)
+            value = data[index + len("depends=") : end].decode("ascii", "replace")
+            return [d.replace("-", "_") for d in value.split(",") if d]
+        start = index + 1
+
+
+def index_modules(modules: Path) -> dict:
+    index = {}
+    for path in sorted(modules.rglob("*.ko*")):
+        if ".ko" in path.name:
+            index.setdefault(module_name(path), path)
+    return index
+
+
+def builtin_modules(modules: Path) -> set:
+    try:
+        text = (modules / "modules.builtin").read_text()
+    except OSError:
+        return set()
+    return {module_name(Path(line.strip())) for line in text.splitlines() if line.strip()}
+
+
+def resolve_modules(modules: Path | None, wanted=GUEST_MODULES) -> tuple[list, list]:
+    """(paths in load order with dependencies first, names not found as modules).
+
+    A name missing from the tree is assumed built in (a kernel built with the config fragment
+    has everything `=y`); the caller reports it.
+    """
+    if modules is None or not modules.is_dir():
+        return [], list(wanted)
+    index = index_modules(modules)
+    builtin = builtin_modules(modules)
+    order, seen, missing = [], set(), []
+
+    def visit(name, stack=()):
+        if name in seen or name in stack:
+            return
+        path = index.get(name)
+        if path is None:
+            if name not in builtin:
+                missing.append(name)
+            seen.add(name)
+            return
+        for dep in module_depends(read_module(path)):
+            visit(dep, (*stack, name))
+        seen.add(name)
+        order.append(path)
+
+    for name in wanted:
+        visit(name)
+    return order, missing
+
+
+# --------------------------------------------------------------------------------------------
+# The initramfs
+
+INIT_SCRIPT = r"""#!/bin/busybox sh
+# kvmtest's guest init: modules, host root over 9p (read-only), results share, run, power off.
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+echo "kvmtest-init: up $(cut -d' ' -f1 /proc/uptime)s"
+for m in $(cat /modules.order); do
+    case $m in  # the vendor module matching the CPU only
+    kvm_amd.ko) grep -qw svm /proc/cpuinfo || continue ;;
+    kvm_intel.ko) grep -qw vmx /proc/cpuinfo || continue ;;
+    esac
+    insmod "/modules/$m" 2>/dev/null || echo "kvmtest-init: insmod $m failed"
+done
+out=$(sed -n 's/.*kvmtest\.out=\([^ ]*\).*/\1/p' /proc/cmdline)
+mkdir -p /host
+if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 hostroot /host; then
+    echo "kvmtest-init: cannot mount the host root"; poweroff -f
+fi
+mount -t proc proc /host/proc
+mount -t sysfs sys /host/sys
+mount -t devtmpfs dev /host/dev
+mkdir -p /host/dev/shm /host/dev/pts
+mount -t tmpfs shm /host/dev/shm
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results "/host$out"
+[ -e /host/dev/kvm ] || echo "kvmtest-init: no /dev/kvm in the guest"
+echo "kvmtest-init: running $(cut -d' ' -f1 /proc/uptime)s"
+echo "$(cut -d' ' -f1 /proc/uptime)" > "/host$out/boot-seconds"
+chroot /host /bin/sh "$out/guest.sh"
+echo "kvmtest-init: done $(cut -d' ' -f1 /proc/uptime)s"
+sync
+umount "/host$out"
+poweroff -f
+"""
+
+
+def busybox_path() -> Path:
+    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
+        if os.path.exists(candidate):
+            return Path(candidate)
+    raise BootError("busybox not found (Debian: apt-get install busybox-static)")
+
+
+def build_initramfs(kernel: Kernel, cache: Path = CACHE_DIR) -> tuple[Path, list]:
+    """A cached gzip'd cpio initramfs for this kernel; returns (path, modules not found)."""
+    paths, missing = resolve_modules(kernel.modules)
+    busybox = busybox_path()
+    key = hashlib.sha256()
+    key.update(INIT_SCRIPT.encode())
+    key.update(busybox.read_bytes())
+    for path in paths:
+        stat = path.stat()
+        key.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    target = cache / "initramfs" / f"{kernel.release or 'kernel'}-{key.hexdigest()[:16]}.cpio.gz"
+    if target.exists():
+        return target, missing
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="kvmtest-initramfs-") as staging:
+        root = Path(staging)
+        for sub in ("bin", "proc", "sys", "dev", "modules", "host"):
+            (root / sub).mkdir()
+        shutil.copy2(busybox, root / "bin" / "busybox")
+        names = []
+        for path in paths:
+            name = module_name(path) + ".ko"
+            (root / "modules" / name).write_bytes(read_module(path))
+            names.append(name)
+        (root / "modules.order").write_text("\n".join(names) + "\n")
+        init = root / "init"
+        init.write_text(INIT_SCRIPT)
+        init.chmod(0o755)
+        listing = subprocess.run(
+            ["find", ".", "-mindepth", "1"], cwd=root, capture_output=True, check=True
+        ).stdout
+        archive = subprocess.run(
+            ["cpio", "-o", "-H", "newc", "--quiet", "-R", "0:0"],
+            cwd=root,
+            input=listing,
+            capture_output=True,
+            check=True,
+        ).stdout
+    partial = target.with_suffix(".partial")
+    partial.write_bytes(gzip.compress(archive, compresslevel=6))
+    partial.rename(target)
+    return target, missing
+
+
+# --------------------------------------------------------------------------------------------
+# The command run inside the guest
+
+
+def project_root() -> Path:
+    """The checkout (or install) this kvmtest was imported from: the package's parent."""
+    return Path(__file__).resolve().parent.parent
+
+
+def guest_script(out_dir: Path, run_args: list, profile: str, python: str | None = None) -> str:
+    """The shell script the guest runs (in the host root, chrooted): kvmtest run, results out."""
+    python = python or sys.executable
+    out = shlex.quote(str(out_dir))
+    command = [
+        python,
+        "-m",
+        "kvmtest",
+        "run",
+        "--format",
+        "ktap",
+        "--junit-xml",
+        str(out_dir / "junit.xml"),
+        "--profile",
+        profile,
+        "--require-kvm",
+        *run_args,
+    ]
+    return "\n".join(
+        [
+            "#!/bin/sh",
+            "# written by kvmtest matrix: runs inside the booted kernel",
+            f"out={out}",
+            'mkdir -p "$out/tmp"',
+            'export TMPDIR="$out/tmp" HOME="$out/tmp" PYTHONDONTWRITEBYTECODE=1',
+            f"cd {shlex.quote(str(project_root()))}",
+            "modprobe kvm_amd 2>/dev/null || modprobe kvm_intel 2>/dev/null || true",
+            'uname -r > "$out/release"',
+            'start=$(cut -d" " -f1 /proc/uptime)',
+            f'{shlex.join(command)} > "$out/ktap.txt" 2> "$out/stderr.txt"',
+            'echo $? > "$out/exit-code"',
+            'end=$(cut -d" " -f1 /proc/uptime)',
+            'echo "$start $end" > "$out/suite-uptime"',
+            "sync",
+            "",
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Booting
+
+
+def boot(
+    kernel: Kernel,
+    out_dir: Path,
+    run_args=(),
+    profile: str | None = None,
+    method: str = "initramfs",
+    accel: str = "auto",
+    cpus: int = 2,
+    memory: str = "2G",
+    timeout: float = 3600.0,
+    console=None,
+    cache: Path = CACHE_DIR,
+) -> BootResult:
+    """Boot `kernel`, run the suite inside it, and collect the results into `out_dir`."""
+    ensure_debian_packages()
+    out_dir = Path(out_dir).resolve()
+    if " " in str(out_dir):
+        raise BootError(f"the results directory may not contain spaces: {out_dir}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("ktap.txt", "junit.xml", "exit-code", "stderr.txt", "boot-seconds"):
+        (out_dir / stale).unlink(missing_ok=True)
+    profile = profile or default_profile(kernel.release)
+    accel = choose_accel(accel)
+    result = BootResult(
+        kernel.label, kernel.release, profile, method, accel, EXIT_NO_RESULT, out_dir
+    )
+    script = out_dir / "guest.sh"
+    script.write_text(guest_script(out_dir, list(run_args), profile))
+    script.chmod(0o755)
+    if method == "initramfs":
+        initramfs, missing = build_initramfs(kernel, cache)
+        if missing:
+            absent = sorted(set(missing) - OPTIONAL_MODULES)
+            if absent:
+                result.notes.append(f"modules not found (assumed built in): {', '.join(absent)}")
+        command = initramfs_command(kernel, initramfs, out_dir, accel, cpus, memory)
+    elif method == "vng":
+        command = vng_command(kernel, out_dir, accel, cpus, memory)
+    else:
+        raise BootError(f"unknown boot method {method!r}")
+    (out_dir / "qemu-command.txt").write_text(shlex.join(command) + "\n")
+    say(f"booting {kernel.label} ({method}, {accel}, profile {profile})")
+    start = time.monotonic()
+    timed_out = run_console(command, out_dir / "console.log", timeout, console)
+    result.total_seconds = round(time.monotonic() - start, 1)
+    if timed_out:
+        result.notes.append(f"timed out after {timeout:.0f} s; the guest was killed")
+    result.exit_code = _read_int(out_dir / "exit-code", EXIT_NO_RESULT)
+    boot_seconds = _read_float(out_dir / "boot-seconds")
+    uptimes = _read_text(out_dir / "suite-uptime").split()
+    if len(uptimes) == 2:
+        suite_start, suite_end = float(uptimes[0]), float(uptimes[1])
+        result.suite_seconds = round(suite_end - suite_start, 1)
+        boot_seconds = boot_seconds if boot_seconds is not None else suite_start
+    result.boot_seconds = round(boot_seconds, 1) if boot_seconds is not None else None
+    if not (out_dir / "exit-code").exists():
+        result.notes.append("the guest wrote no exit code: see console.log")
+    return result
+
+
+def initramfs_command(kernel, initramfs, out_dir, accel, cpus, memory) -> list:
+    return [
+        "qemu-system-x86_64",
+        *qemu_cpu_args(accel),
+        "-smp",
+        str(cpus),
+        "-m",
+        memory,
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-kernel",
+        str(kernel.image),
+        "-initrd",
+        str(initramfs),
+        "-virtfs",
+        "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        "-virtfs",
+        f"local,path={out_dir},mount_tag=results,security_model=none,multidevs=remap",
+        "-append",
+        f"console=ttyS0 quiet panic=-1 kvmtest.out={out_dir}",
+    ]
+
+
+def vng_executable() -> str:
+    beside = Path(sys.executable).parent / "vng"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("vng")
+    if found:
+        return found
+    say("installing virtme-ng into this environment (pip install virtme-ng)")
+    pip = [sys.executable, "-m", "pip", "install", "-q", "virtme-ng"]
+    if subprocess.run(pip).returncode != 0 or not beside.exists():
+        raise BootError("virtme-ng is not installed and pip could not install it")
+    return str(beside)
+
+
+def vng_command(kernel, out_dir, accel, cpus, memory) -> list:
+    ensure_debian_packages({"udev": "udevadm", "kmod": "depmod"})
+    command = [vng_executable(), "--run", str(kernel.image), "--user", "root"]
+    command += ["--cpus", str(cpus), "--memory", memory, "--rwdir", str(out_dir)]
+    if accel == "kvm":
+        command += ["--qemu-opts=-cpu host"]
+    else:
+        # vng adds `-machine q35 -cpu max` without KVM; one TCG thread (see qemu_cpu_args).
+        command += ["--disable-kvm", "--qemu-opts=-accel tcg,thread=single"]
+    guest = (
+        f'echo "$(cut -d" " -f1 /proc/uptime)" > {shlex.quote(str(out_dir))}/boot-seconds; '
+        f"sh {shlex.quote(str(out_dir / 'guest.sh'))}"
+    )
+    return [*command, "--exec", guest]
+
+
+def run_console(command: list, log: Path, timeout: float, console=None) -> bool:
+    """Run QEMU (or vng) with its console going to `log` (and `console`); True on timeout."""
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # vng runs virtme-run from its own bin directory (the virtual environment's)
+            env=dict(
+                os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+            ),
+        )
+        deadline = time.monotonic() + timeout
+        timed_out = False
+        os.set_blocking(process.stdout.fileno(), False)
+        while True:
+            chunk = process.stdout.read(65536)
+            if chunk:
+                sink.write(chunk)
+                sink.flush()
+                if console is not None:
+                    console.write(chunk.decode("utf-8", "replace"))
+                    console.flush()
+            elif process.poll() is not None:
+                break
+            else:
+                time.sleep(0.1)
+            if time.monotonic() > deadline:
+                timed_out = True
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                break
+        rest = process.stdout.read() or b""
+        sink.write(rest)
+    return timed_out
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _read_int(path: Path, default: int) -> int:
+    try:
+        return int(_read_text(path))
+    except ValueError:
+        return default
+
+
+def _read_float(path: Path):
+    try:
+        return float(_read_text(path))
+    except ValueError:
+        return None
