@@ -1,8 +1,8 @@
 """`kvmtest matrix`: validate a kernel (patch) by booting it and running the suite inside it.
 
-    kvmtest matrix boot KERNEL [-- RUN-ARGS]   boot one kernel under QEMU, run `kvmtest run` in it
-    kvmtest matrix run [--kernel K ...]        the matrix: Debian 6.1, Debian 6.12, the host kernel
-    kvmtest matrix summary DIR                 re-print a matrix run's summary table
+    kvmtest matrix boot KERNEL [-k P]    boot one kernel under QEMU, run `kvmtest run` in it
+    kvmtest matrix run [--kernel K]      the matrix: Debian 6.1, Debian 6.12, the host kernel
+    kvmtest matrix summary DIR           re-print a matrix run's summary table
 
 KERNEL is a kernel image (``arch/x86/boot/bzImage``, ``/boot/vmlinuz-*``; modules from
 ``--modules`` or found next to it), a Debian package (``linux-image-6.1.0-50-amd64``, fetched with
@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -58,8 +59,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "boot",
         help="boot one kernel and run the suite inside it",
         description="Boot KERNEL (an image, a Debian linux-image package or debian-6.1 / "
-        "debian-6.12) and run `kvmtest run` inside it. Arguments after `--` go to "
-        "`kvmtest run`. Exit code: the guest's kvmtest exit code, 1 if nothing came back.",
+        "debian-6.12) and run `kvmtest run` inside it. Exit code: the guest's kvmtest exit "
+        "code, 1 if nothing came back.",
     )
     boot.add_argument("kernel", metavar="KERNEL")
     boot.add_argument("--modules", metavar="DIR", help="the kernel's module tree lib/modules/REL")
@@ -136,20 +137,40 @@ def _common_options(parser) -> None:
         metavar="SECONDS",
         help="kvmtest run's per-trace timeout (600: emulated KVM is slow)",
     )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--jobs", "-j", type=int, help="kvmtest run's traces at once (its default)")
+    parser.add_argument("--repeat", type=int, help="kvmtest run's repeat count")
     parser.add_argument(
-        "run_args", nargs="*", metavar="-- RUN-ARGS", help="more arguments for kvmtest run"
+        "--trace",
+        dest="traces",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="trace file or directory instead of the built-in corpus (repeatable; the guest "
+        "sees the host's files)",
     )
+    parser.add_argument(
+        "--run-args",
+        default="",
+        metavar="'ARGS'",
+        help="more arguments for kvmtest run, as one shell-quoted string",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run_arguments(args) -> list:
-    extra = [a for a in args.run_args if a != "--"]
+    """The `kvmtest run` arguments (besides format, JUnit file and profile) for each kernel."""
     result = []
     for pattern in args.patterns:
         result += ["-k", pattern]
     for tag in args.tags:
         result += ["--tag", tag]
-    return [*result, "--timeout", f"{args.timeout:g}", *extra]
+    result += ["--timeout", f"{args.timeout:g}"]
+    if args.jobs:
+        result += ["--jobs", str(args.jobs)]
+    if args.repeat:
+        result += ["--repeat", str(args.repeat)]
+    result += shlex.split(args.run_args)
+    return result + [str(Path(t).resolve()) for t in args.traces]
 
 
 def resolve_kernel(spec: str, modules: str | None = None, release: str | None = None):

@@ -1,0 +1,174 @@
+"""The boot tooling without booting: module resolution, the initramfs, QEMU and guest command
+lines, kernel resolution and the profile chosen for each kernel of the matrix."""
+
+import lzma
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvmtest import matrix
+from kvmtest import matrix_boot as mb
+from kvmtest.host import default_profile
+
+
+def fake_module(path: Path, depends: str, compress=False):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = b"\x7fELF....\0license=GPL\0depends=" + depends.encode() + b"\0name=x\0"
+    if compress:
+        path.with_name(path.name + ".xz").write_bytes(lzma.compress(data, format=lzma.FORMAT_XZ))
+    else:
+        path.write_bytes(data)
+
+
+@pytest.fixture
+def module_tree(tmp_path):
+    root = tmp_path / "lib" / "modules" / "6.12.100+deb12-amd64"
+    kernel = root / "kernel"
+    fake_module(kernel / "virt/lib/irqbypass.ko", "", compress=True)
+    fake_module(kernel / "arch/x86/kvm/kvm.ko", "irqbypass", compress=True)
+    fake_module(kernel / "drivers/crypto/ccp/ccp.ko", "", compress=True)
+    fake_module(kernel / "arch/x86/kvm/kvm-amd.ko", "kvm,ccp", compress=True)
+    fake_module(kernel / "arch/x86/kvm/kvm-intel.ko", "kvm", compress=True)
+    fake_module(kernel / "fs/netfs/netfs.ko", "", compress=True)
+    fake_module(kernel / "net/9p/9pnet.ko", "", compress=True)
+    fake_module(kernel / "net/9p/9pnet_virtio.ko", "9pnet", compress=True)
+    fake_module(kernel / "fs/9p/9p.ko", "9pnet,netfs", compress=True)
+    (root / "modules.builtin").write_text("kernel/drivers/virtio/virtio_pci.ko\n")
+    return root
+
+
+def test_module_depends():
+    assert mb.module_depends(b"xx\0depends=kvm,ccp\0name=kvm_amd\0") == ["kvm", "ccp"]
+    assert mb.module_depends(b"\0depends=\0") == []
+    assert mb.module_depends(b"nodepends=1\0") == []
+
+
+def test_resolve_modules_dependencies_first(module_tree):
+    paths, missing = mb.resolve_modules(module_tree)
+    names = [mb.module_name(p) for p in paths]
+    assert missing == []  # virtio_pci is built in
+    assert names.index("irqbypass") < names.index("kvm") < names.index("kvm_amd")
+    assert names.index("ccp") < names.index("kvm_amd")
+    assert names.index("9pnet") < names.index("9pnet_virtio") < names.index("9p")
+    assert names.count("kvm") == 1
+    assert all(p.name.endswith(".ko.xz") for p in paths)
+
+
+def test_resolve_modules_without_a_tree():
+    paths, missing = mb.resolve_modules(None)
+    assert paths == [] and set(missing) == set(mb.GUEST_MODULES)
+
+
+@pytest.mark.skipif(
+    not (shutil.which("cpio") and Path("/bin/busybox").exists()), reason="needs cpio, busybox"
+)
+def test_initramfs_contents(module_tree, tmp_path):
+    kernel = mb.Kernel(tmp_path / "vmlinuz", module_tree)
+    path, _ = mb.build_initramfs(kernel, cache=tmp_path / "cache")
+    again, _ = mb.build_initramfs(kernel, cache=tmp_path / "cache")
+    assert again == path  # cached
+    listing = subprocess.run(
+        f"gzip -dc {path} | cpio -t --quiet", shell=True, capture_output=True, text=True
+    ).stdout.split()
+    assert {"init", "bin/busybox", "modules.order", "modules/kvm_amd.ko"} <= set(listing)
+
+
+def test_init_script_loads_modules_mounts_and_powers_off():
+    init = mb.INIT_SCRIPT
+    assert init.startswith("#!/bin/busybox sh")
+    assert "insmod" in init and "modules.order" in init
+    assert "hostroot /host" in init and "ro," in init
+    assert 'results "/host$out"' in init
+    assert 'chroot /host /bin/sh "$out/guest.sh"' in init
+    assert init.rstrip().endswith("poweroff -f")
+
+
+def test_guest_script_runs_this_checkout(tmp_path):
+    script = mb.guest_script(tmp_path, ["-k", "msi"], "linux-6.1", python="/venv/bin/python")
+    root = Path(mb.__file__).resolve().parent.parent
+    assert f"cd {root}" in script
+    assert "/venv/bin/python -m kvmtest run --format ktap" in script
+    assert f"--junit-xml {tmp_path / 'junit.xml'}" in script
+    assert "--profile linux-6.1 --require-kvm -k msi" in script
+    assert '> "$out/ktap.txt"' in script and 'echo $? > "$out/exit-code"' in script
+
+
+def test_qemu_command_tcg_emulates_svm(tmp_path):
+    kernel = mb.Kernel(tmp_path / "vmlinuz-6.1.0-50-amd64", None)
+    command = mb.initramfs_command(kernel, tmp_path / "i.cpio.gz", tmp_path, "tcg", 2, "2G")
+    assert command[:5] == ["qemu-system-x86_64", "-accel", "tcg,thread=single", "-cpu", "max"]
+    assert any("mount_tag=hostroot" in a and "readonly=on" in a for a in command)
+    assert any(f"path={tmp_path},mount_tag=results" in a for a in command)
+    assert f"kvmtest.out={tmp_path}" in command[-1]
+    assert mb.qemu_cpu_args("kvm") == ["-accel", "kvm", "-cpu", "host"]
+
+
+def test_vng_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(mb, "vng_executable", lambda: "vng")
+    monkeypatch.setattr(mb, "ensure_debian_packages", lambda packages=None: None)
+    kernel = mb.Kernel(tmp_path / "bzImage", None, "6.13.0")
+    command = mb.vng_command(kernel, tmp_path, "tcg", 2, "2G")
+    assert command[:3] == ["vng", "--run", str(tmp_path / "bzImage")]
+    assert "--disable-kvm" in command and "--qemu-opts=-accel tcg,thread=single" in command
+    assert command[command.index("--rwdir") + 1] == str(tmp_path)
+    assert command[-2] == "--exec" and "guest.sh" in command[-1]
+
+
+def test_image_release_from_bzimage_header(tmp_path):
+    data = bytearray(0x400)
+    data[0x202:0x206] = b"HdrS"
+    data[0x20E:0x210] = (0x100).to_bytes(2, "little")  # version string at 0x300
+    data[0x300:0x320] = b"6.13.0-rc1+ (dev@box) #1 SMP\0\0\0\0"
+    image = tmp_path / "bzImage"
+    image.write_bytes(bytes(data))
+    assert mb.image_release(image) == "6.13.0-rc1+"
+    assert mb.Kernel(image).release == "6.13.0-rc1+"
+
+
+def test_debian_kernels_get_their_profiles():
+    releases = {"debian-6.1": "6.1.0-50-amd64", "debian-6.12": "6.12.100+deb12-amd64"}
+    assert default_profile(releases["debian-6.1"]) == "linux-6.1"
+    assert default_profile(releases["debian-6.12"]) == "linux-6.12"
+    assert set(matrix.DEBIAN_KERNELS) == set(releases)
+
+
+def test_run_arguments_forwarded():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    matrix.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["matrix", "boot", "debian-6.12", "-k", "msi", "--tag", "x2apic", "--repeat", "2"]
+        + ["--run-args", "--jobs 1 -v", "--trace", "t.yaml"]
+    )
+    assert args.kernel == "debian-6.12"
+    assert matrix.run_arguments(args) == [
+        "-k",
+        "msi",
+        "--tag",
+        "x2apic",
+        "--timeout",
+        "600",
+        "--repeat",
+        "2",
+        "--jobs",
+        "1",
+        "-v",
+        str(Path("t.yaml").resolve()),
+    ]
+
+
+def test_unknown_kernel_is_a_clean_error(tmp_path, capsys):
+    code = matrix.standalone(["boot", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
+    assert code == 1
+    assert "no such kernel image" in capsys.readouterr().err
+
+
+def test_module_entry_point_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "kvmtest.matrix", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "boot" in result.stdout

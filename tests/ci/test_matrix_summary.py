@@ -1,0 +1,105 @@
+"""The matrix summary renders from result data (no boot needed)."""
+
+import json
+
+from kvmtest import matrix
+from kvmtest import matrix_summary as ms
+
+KTAP_61 = """KTAP version 1
+1..4
+ok 1 msi-init-sipi
+# msi-logical-sw-disabled-nobody: step 1: result: expected 0, observed -EPERM
+not ok 2 msi-logical-sw-disabled-nobody
+ok 3 smm-init-latched-sipi-dropped # SKIP KVM_CAP_X86_SMM missing
+not ok 4 smp-boot-xapic-8 # ERROR GuestError: no landing page
+  KTAP version 1
+  # Subtest: nested
+  1..1
+  not ok 1 repeat-1
+# Totals: pass:1 fail:1 xfail:0 xpass:0 skip:1 error:1
+"""
+
+
+def test_parse_ktap_top_level_only():
+    assert ms.parse_ktap(KTAP_61) == {
+        "msi-init-sipi": ms.PASS,
+        "msi-logical-sw-disabled-nobody": ms.FAIL,
+        "smm-init-latched-sipi-dropped": ms.SKIP,
+        "smp-boot-xapic-8": ms.ERROR,
+    }
+
+
+def test_backend_from_banner():
+    assert ms.backend_from_banner("kvmtest: kvm: 6.1.0-50-amd64, kvm_amd; profile linux-6.1") == (
+        "kvm_amd"
+    )
+    assert ms.backend_from_banner("") == ""
+
+
+def outcomes():
+    return [
+        ms.KernelOutcome(
+            "debian-6.1",
+            "6.1.0-50-amd64",
+            "linux-6.1",
+            backend="kvm_amd",
+            exit_code=1,
+            traces=ms.parse_ktap(KTAP_61),
+            boot_seconds=10.4,
+            suite_seconds=85.2,
+        ),
+        ms.KernelOutcome(
+            "host",
+            "6.18.44-fc-v595",
+            "mainline",
+            backend="kvm_pvm",
+            exit_code=0,
+            traces={name: ms.PASS for name in ms.parse_ktap(KTAP_61)},
+            suite_seconds=20.0,
+        ),
+    ]
+
+
+def test_summary_table():
+    text = ms.render_summary(outcomes())
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("kernel "))
+    for column in ("release", "kvm", "profile", "pass", "fail", "skip", "error", "exit"):
+        assert column in header
+    row = next(line for line in lines if line.startswith("debian-6.1 "))
+    assert row.split()[:9] == [
+        "debian-6.1",
+        "6.1.0-50-amd64",
+        "kvm_amd",
+        "linux-6.1",
+        "1",
+        "1",
+        "1",
+        "1",
+        "1",
+    ]
+    host = next(line for line in lines if line.startswith("host "))
+    assert "mainline" in host and "kvm_pvm" in host
+    # The grid lists the traces that did not pass everywhere, one column per kernel.
+    grid = text.split("Traces by kernel", 1)[1]
+    assert "msi-logical-sw-disabled-nobody  FAIL" in grid
+    assert "smp-boot-xapic-8" in grid and "ERROR" in grid
+    assert "msi-init-sipi " not in grid
+
+
+def test_summary_all_pass_and_all_traces():
+    clean = [o for o in outcomes() if o.kernel == "host"]
+    assert "All 4 traces passed on every kernel." in ms.render_summary(clean)
+    assert "msi-init-sipi" in ms.render_summary(clean, all_traces=True)
+
+
+def test_summary_roundtrip_through_matrix_json(tmp_path, capsys):
+    (tmp_path / "matrix.json").write_text(json.dumps([o.to_json() for o in outcomes()]))
+    assert matrix.standalone(["summary", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == ms.render_summary(outcomes())
+
+
+def test_summary_of_a_kernel_that_did_not_boot():
+    broken = ms.KernelOutcome("debian-6.12", "", "linux-6.12", notes=["no exit code"])
+    text = ms.render_summary([broken])
+    assert "debian-6.12" in text and "note: debian-6.12: no exit code" in text
