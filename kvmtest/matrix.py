@@ -66,7 +66,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     boot.add_argument("--modules", metavar="DIR", help="the kernel's module tree lib/modules/REL")
     boot.add_argument("--release", help="kernel release (default: from the modules or image)")
     boot.add_argument(
-        "--out", metavar="DIR", default="kernel-results", help="results directory (kernel-results)"
+        "--out", metavar="DIR", default="kvmtest-results", help="results (./kvmtest-results)"
     )
     _common_options(boot)
 

@@ -192,7 +192,12 @@ def fetch_debian_kernel(package: str, cache: Path = CACHE_DIR) -> Kernel:
             if result.returncode != 0:
                 # The package lists may be missing on a fresh machine: update once and retry.
                 subprocess.run(["apt-get", "update", "-qq"], check=False)
-                subprocess.run(["apt-get", "download", package], cwd=debs, check=True)
+                retry = subprocess.run(["apt-get", "download", package], cwd=debs)
+                if retry.returncode != 0:
+                    raise BootError(
+                        f"apt-get download {package} failed: is it still in the archive? "
+                        "(apt-cache search --names-only '^linux-image-6' lists the kernels)"
+                    )
             found = sorted(debs.glob(f"{package}_*.deb"))
         if not found:
             raise BootError(f"apt-get download {package} produced no .deb")
