@@ -1,6 +1,9 @@
 """The matrix summary renders from result data (no boot needed)."""
 
 import json
+import os
+
+import pytest
 
 from kvmtest import matrix
 from kvmtest import matrix_summary as ms
@@ -103,3 +106,18 @@ def test_summary_of_a_kernel_that_did_not_boot():
     broken = ms.KernelOutcome("debian-6.12", "", "linux-6.12", notes=["no exit code"])
     text = ms.render_summary([broken])
     assert "debian-6.12" in text and "note: debian-6.12: no exit code" in text
+
+
+def test_matrix_run_on_the_host_kernel(tmp_path, capsys):
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("the host row needs this machine's /dev/kvm")
+    out = tmp_path / "m"
+    code = matrix.standalone(["run", "--kernel", "host", "-k", "msi-init-sipi", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    (row,) = json.loads((out / "matrix.json").read_text())
+    assert row["kernel"] == "host" and row["exit_code"] == 0 and row["traces"]
+    assert set(row["traces"].values()) == {ms.PASS}
+    assert (out / "host" / "junit.xml").exists()
+    assert printed.startswith("Kernel matrix")
+    assert (out / "summary.txt").read_text().strip() in printed
