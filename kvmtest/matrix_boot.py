@@ -416,7 +416,7 @@ def build_initramfs(kernel: Kernel, cache: Path = CACHE_DIR) -> tuple[Path, list
             capture_output=True,
             check=True,
         ).stdout
-    partial = target.with_suffix(".partial")
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     partial.write_bytes(gzip.compress(archive, compresslevel=6))
     partial.rename(target)
     return target, missing
