@@ -529,9 +529,35 @@ def boot(
         result.suite_seconds = round(suite_end - suite_start, 1)
         boot_seconds = boot_seconds if boot_seconds is not None else suite_start
     result.boot_seconds = round(boot_seconds, 1) if boot_seconds is not None else None
+    try:
+        (out_dir / "tmp").rmdir()  # the guest's TMPDIR, when it left nothing behind
+    except OSError:
+        pass
     if not (out_dir / "exit-code").exists():
         result.notes.append("the guest wrote no exit code: see console.log")
+    if not _read_text(out_dir / "ktap.txt"):
+        if (out_dir / "exit-code").exists():
+            code = result.exit_code
+            result.notes.append(f"kvmtest run exited {code} without KTAP: see stderr.txt")
+        write_boot_error(out_dir, kernel.label, "; ".join(result.notes))
     return result
+
+
+def write_boot_error(out_dir: Path, kernel: str, reason: str) -> None:
+    """KTAP and JUnit XML saying the boot itself failed, so CI always has results to publish."""
+    from xml.sax.saxutils import quoteattr
+
+    reason = " ".join(reason.replace("#", " ").split())
+    (out_dir / "ktap.txt").write_text(
+        f"KTAP version 1\n1..1\n# {kernel}: {reason}\nnot ok 1 boot # ERROR {reason}\n"
+    )
+    (out_dir / "junit.xml").write_text(
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        f'<testsuites><testsuite name={quoteattr("kvmtest-boot " + kernel)} tests="1" '
+        'failures="0" errors="1" skipped="0">'
+        f'<testcase classname="kvmtest.boot" name="boot"><error message={quoteattr(reason)}/>'
+        "</testcase></testsuite></testsuites>\n"
+    )
 
 
 def initramfs_command(kernel, initramfs, out_dir, accel, cpus, memory) -> list:

@@ -172,3 +172,14 @@ def test_module_entry_point_help():
         [sys.executable, "-m", "kvmtest.matrix", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0 and "boot" in result.stdout
+
+
+def test_boot_error_results_parse(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from kvmtest import matrix_summary as ms
+
+    mb.write_boot_error(tmp_path, "debian-6.1", "the guest wrote no exit code # see console.log")
+    assert ms.parse_ktap((tmp_path / "ktap.txt").read_text()) == {"boot": ms.ERROR}
+    suite = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite")
+    assert suite.get("errors") == "1" and suite.find("testcase/error") is not None
