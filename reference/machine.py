@@ -631,7 +631,9 @@ class Machine:
         if len(modes) > 1:
             return None  # mixed modes: map disabled
         if not modes:
-            return []  # rule 37: KVM_APIC_MODE_SW_DISABLED, nobody
+            # rule 37: KVM_APIC_MODE_SW_DISABLED, nobody (from 6.3); before, the fast path
+            # gave up on the unoptimised map and the slow path matched nobody either.
+            return [] if self.profile.logical_map_tracks_sw_disabled else None
         if "x2" not in modes:
             # One APIC per logical bit (flat) or per cluster bit, else the map is disabled.
             seen = set()

@@ -70,6 +70,9 @@ class Profile:
     fast_path_empty_result: int  # d.4: count reported for an empty physical slot (-1 or 0)
     spiv_toggle_dirties_map: bool  # rule 34
     x2apic_icr_reserved_gp: bool  # rule 40: WRMSR 0x830 with reserved bits -> #GP
+    # rule 37: with every APIC software-disabled the logical map says "nobody" (count 0);
+    # before 35366901017c (6.3) the fast path gave up and the slow path found nothing (-1).
+    logical_map_tracks_sw_disabled: bool
 
 
 _MODERN_WHITELIST = frozenset({0, 1, 2, 3, 4, 9})
@@ -101,6 +104,7 @@ LINUX_3_9 = Profile(
     fast_path_empty_result=-1,
     spiv_toggle_dirties_map=False,
     x2apic_icr_reserved_gp=False,
+    logical_map_tracks_sw_disabled=False,
 )
 
 LINUX_3_10 = replace(
@@ -143,6 +147,7 @@ LINUX_6_1 = Profile(
     spiv_toggle_dirties_map=True,
     # UNVERIFIED for 6.1: X2APIC_ICR_RESERVED_BITS is in 6.11 and appears in stable backports.
     x2apic_icr_reserved_gp=True,
+    logical_map_tracks_sw_disabled=False,  # observed on Debian 6.1.176: -EPERM (matrix)
 )
 
 # No modelled rule differs between 6.1 and 6.12 (notes d.2/d.5: both predate 6.17); the
@@ -150,11 +155,12 @@ LINUX_6_1 = Profile(
 LINUX_6_12 = replace(
     LINUX_6_1,
     name="linux-6.12",
-    description="6.12 (Debian 12 backports): as 6.1 for every modelled rule",
+    description="6.12 (Debian 12 backports): the logical APIC map tracks software-disabled APICs",
+    logical_map_tracks_sw_disabled=True,  # 35366901017c, 6.3
 )
 
 MAINLINE = replace(
-    LINUX_6_1,
+    LINUX_6_12,
     name="mainline",
     description="6.17+ (host runs 6.18): SMM checks moved from SET_MP_STATE to KVM_RUN",
     set_mp_state_rejects_wfs_when_blocked=False,

@@ -633,7 +633,11 @@ ROWS = [
     ("36", r36_routing_id, OLD, (1, -1, 1)),
     ("36", r36_routing_id, MODERN, (1, 0, 1)),
     ("36", r36_x2apic_format_id_mismatch, MODERN, (-22, 0)),
-    ("37", r37_logical_sw_disabled, MODERN, (0, 1, "-", "INIT")),
+    # 6.1 predates the logical map's SW_DISABLED mode (35366901017c, 6.3): the fast path gives
+    # up and the slow path matches LDRs whatever SPIV says, so the INIT is delivered (with LDR
+    # 0 it matches nobody: -1, as Debian 6.1.176 showed the kernel matrix).
+    ("37", r37_logical_sw_disabled, ("linux-6.1",), (1, 1, "-", "INIT")),
+    ("37", r37_logical_sw_disabled, ("linux-6.12", "mainline"), (0, 1, "-", "INIT")),
     ("38", r38_msi_decode, V1, (0x23, INIT, True, True, True, True, 1, 1, IR, "-")),
     ("38", r38_msi_decode, PATCHED, (0x23, INIT, True, True, True, True, 1, 1, U, "INIT")),
     ("39", r39_signal_msi_results, OLD, (-22, 1, 1)),  # no x2APIC format check yet
