@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=("table", "profiles", "dot"), default="table", help="what to print"
     )
 
+    from kvmtest import matrix as matrix_command
+
+    matrix_command.add_parser(commands)
+
     listing = commands.add_parser(
         "list",
         help="list the traces (name, tags, rules covered)",
@@ -158,6 +162,10 @@ def main(argv=None) -> int:
             from kvmtest import doctor
 
             return doctor.main(args)
+        if args.command == "matrix":
+            from kvmtest import matrix
+
+            return matrix.main(args)
         if args.command == "model":
             return _model(args)
         if args.command == "explore":
