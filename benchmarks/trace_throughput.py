@@ -65,6 +65,7 @@ def main() -> None:
             f"({args.repeat / elapsed:.0f} traces/s{ratio})"
         )
         count = len(traces) * args.corpus_repeat
+        timed_run(traces, context, 1, 8)  # warm-up: explorations of concurrent blocks are cached
         base, _ = timed_run(traces, context, args.corpus_repeat, 1)
         print(
             f"[{name}] corpus ({len(traces)} traces x{args.corpus_repeat}), --jobs 1: "
