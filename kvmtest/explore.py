@@ -126,30 +126,25 @@ def programs(block: f.Concurrently, setup: f.Setup) -> list[tuple[str, list[Move
             start = len(moves)
             if isinstance(step, f.Icr):
                 v, what = step.vcpu, _icr_label(step.value, x2apic)
-                moves += [
-                    Move(t, "run_entry", (v,), f"vcpu{v} enters KVM_RUN for its next command"),
-                    Move(t, "guest_runs", (v,), f"vcpu{v} guest runs"),
+                moves += _command(t, v, "")
+                moves.append(
                     Move(
                         t, "icr_write", (v, step.value, x2apic), f"vcpu{v} guest writes ICR: {what}"
-                    ),
-                    Move(t, "kick_out", (v,), f"vcpu{v} guest reports (port I/O), leaves KVM_RUN"),
-                ]
+                    )
+                )
+                moves.append(_report_move(t, v))
             elif isinstance(step, f.GuestCommand) and step.command == "hlt":
                 v = step.vcpu
+                moves += _command(t, v, "")
                 moves += [
-                    Move(t, "run_entry", (v,), f"vcpu{v} enters KVM_RUN for its next command"),
-                    Move(t, "guest_runs", (v,), f"vcpu{v} guest runs"),
                     Move(t, "hlt_exit", (v,), f"vcpu{v} guest HLT: VM exit, handle_halt"),
                     Move(t, "emulate_halt", (v,), f"vcpu{v} kvm_emulate_halt writes mp_state"),
                     Move(t, "wait_report", (v,), f"vcpu{v} stepper waits for its HLT report"),
                 ]
             elif isinstance(step, f.GuestCommand) and step.command in ("spin", "report", "x2apic"):
                 v = step.vcpu
-                moves += [
-                    Move(t, "run_entry", (v,), f"vcpu{v} enters KVM_RUN for its next command"),
-                    Move(t, "guest_runs", (v,), f"vcpu{v} guest runs ({step.command})"),
-                    Move(t, "kick_out", (v,), f"vcpu{v} guest reports (port I/O), leaves KVM_RUN"),
-                ]
+                moves += _command(t, v, f" ({step.command})")
+                moves.append(_report_move(t, v))
             elif isinstance(step, f.GuestCommand) and step.command == "start":
                 v = step.vcpu
                 moves += [
@@ -215,6 +210,18 @@ def init_then_sipi_targets(block: f.Concurrently, setup: f.Setup, nr_vcpus: int)
             elif mode == 6:
                 targets |= got_init & to
     return {t for t in targets if t != 0}
+
+
+def _command(thread: str, vcpu: int, what: str) -> list[Move]:
+    """How every stepper command starts: the thread enters KVM_RUN, the guest runs."""
+    return [
+        Move(thread, "run_entry", (vcpu,), f"vcpu{vcpu} enters KVM_RUN for its next command"),
+        Move(thread, "guest_runs", (vcpu,), f"vcpu{vcpu} guest runs{what}"),
+    ]
+
+
+def _report_move(thread: str, vcpu: int) -> Move:
+    return Move(thread, "kick_out", (vcpu,), f"vcpu{vcpu} guest reports (port I/O), leaves KVM_RUN")
 
 
 class Explorer:

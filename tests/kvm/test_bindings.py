@@ -24,6 +24,17 @@ def make_vm(kvm, nr_vcpus=2):
     return vm, memory, vcpus
 
 
+def start_real_mode(vcpu, memory, code: bytes, rax: int = 0) -> None:
+    """Put `code` at 0x1000 and point the vCPU at it in real mode (CS base 0)."""
+    memory[0x1000 : 0x1000 + len(code)] = code
+    sregs = vcpu.get_sregs()
+    sregs.cs.base, sregs.cs.selector = 0, 0
+    vcpu.set_sregs(sregs)
+    regs = vcpu.get_regs()
+    regs.rip, regs.rax, regs.rflags = 0x1000, rax, 2
+    vcpu.set_regs(regs)
+
+
 def test_api_version_and_capabilities(kvm):
     assert kvm.get_api_version() == lib.KVM_API_VERSION
     assert kvm.check_extension(lib.KVM_CAP_IRQCHIP) > 0
@@ -131,14 +142,8 @@ def test_nmi_and_smi(kvm):
 def test_hlt_exit_without_irqchip(kvm):
     with kvm.create_vm() as vm:
         memory = vm.set_user_memory_region(0, 0, 0x10000)
-        memory[0x1000:0x1003] = b"\xe6\xe9\xf4"  # out %al, $0xe9 ; hlt
         vcpu = vm.create_vcpu(0)
-        sregs = vcpu.get_sregs()
-        sregs.cs.base, sregs.cs.selector = 0, 0
-        vcpu.set_sregs(sregs)
-        regs = vcpu.get_regs()
-        regs.rip, regs.rax, regs.rflags = 0x1000, 0x42, 2
-        vcpu.set_regs(regs)
+        start_real_mode(vcpu, memory, b"\xe6\xe9\xf4", rax=0x42)  # out %al, $0xe9 ; hlt
         exit_ = vcpu.run()
         assert isinstance(exit_, exits.Io) and (exit_.port, exit_.direction) == (0xE9, "out")
         assert exit_.value() == 0x42
@@ -149,13 +154,7 @@ def test_vcpu_thread_blocked_in_hlt_is_kicked_and_observed(kvm):
     """A vCPU thread halts inside KVM_RUN; the main thread keeps working, then kicks it."""
     vm, memory, (bsp, _) = make_vm(kvm)
     with vm:
-        memory[0x1000:0x1004] = b"\xfa\xf4\xeb\xfd"  # cli ; hlt ; jmp back to hlt
-        sregs = bsp.get_sregs()
-        sregs.cs.base, sregs.cs.selector = 0, 0
-        bsp.set_sregs(sregs)
-        regs = bsp.get_regs()
-        regs.rip, regs.rflags = 0x1000, 2
-        bsp.set_regs(regs)
+        start_real_mode(bsp, memory, b"\xfa\xf4\xeb\xfd")  # cli ; hlt ; jmp back to hlt
         result = []
         thread = threading.Thread(target=lambda: result.append(bsp.run()))
         thread.start()
@@ -208,14 +207,9 @@ def test_kick_after_an_exit_is_answered_by_the_next_run(kvm):
     """A kick never gets lost between two KVM_RUN calls, and is answered exactly once."""
     with kvm.create_vm() as vm:
         memory = vm.set_user_memory_region(0, 0, 0x10000)
-        memory[0x1000:0x1006] = b"\xe6\xe9\xe6\xe9\xeb\xfa"  # out al,0xe9 ; out al,0xe9 ; jmp
         vcpu = vm.create_vcpu(0)
-        sregs = vcpu.get_sregs()
-        sregs.cs.base, sregs.cs.selector = 0, 0
-        vcpu.set_sregs(sregs)
-        regs = vcpu.get_regs()
-        regs.rip, regs.rflags = 0x1000, 2
-        vcpu.set_regs(regs)
+        # out al,0xe9 ; out al,0xe9 ; jmp $-4
+        start_real_mode(vcpu, memory, b"\xe6\xe9\xe6\xe9\xeb\xfa")
         assert isinstance(vcpu.run(), exits.Io)
         vcpu.kick()  # the vCPU is outside KVM_RUN now
         assert isinstance(vcpu.run(), exits.Intr)
