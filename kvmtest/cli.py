@@ -59,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=60.0, metavar="SECONDS", help="per-trace timeout (60)"
     )
     run.add_argument(
+        "--jitter",
+        type=float,
+        default=200.0,
+        metavar="MICROSECONDS",
+        help="concurrent blocks: random delay before each step, up to this (200)",
+    )
+    run.add_argument(
+        "--seed", type=int, metavar="N", help="seed for those delays (repetition r uses N + r)"
+    )
+    run.add_argument(
         "--format", choices=("text", "ktap", "json"), default="text", help="stdout format"
     )
     run.add_argument("--junit-xml", metavar="FILE", help="also write JUnit XML to FILE")

@@ -22,7 +22,11 @@ def _profile(args, backend) -> str:
 
 
 def run(args) -> int:
+    if args.jitter < 0:
+        raise runner.UsageError("--jitter must not be negative")
     backend = runner.choose_backend(args.backend, args.require_kvm)
+    backend.context.jitter = args.jitter / 1e6
+    backend.context.seed = args.seed
     profile = _profile(args, backend)
     traces, load_errors = runner.load_traces(args.paths)
     for error in load_errors:
