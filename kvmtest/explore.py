@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import reference
 from kvmtest.trace import engine
 from kvmtest.trace import format as f
-from kvmtest.trace.model_side import ModelSide
+from kvmtest.trace.model_side import ModelSide, restart_report
 from reference import GUEST, RunResult
 
 DELIVERY_NAMES = {v: k.upper() for k, v in f.DELIVERY_MODES.items()}
@@ -427,16 +427,9 @@ class Explorer:
 
 
 def _how_it_runs(m, vcpu: int) -> str:
-    regs = m.vcpus[vcpu].regs
-    if regs["rip"] is GUEST:
+    if m.vcpus[vcpu].regs["rip"] is GUEST:
         return "hlt"  # the stepper's report after a wake-up from its HLT
-    cs = regs["cs"]
-    if regs["rip"] == 0:
-        vector = m.vcpus[vcpu].sipi_vector if cs is GUEST else cs.selector >> 8
-        return f"sipi {vector:#x}"
-    if cs is not GUEST and cs.selector == 0xF000 and regs["rip"] == 0xFFF0:
-        return "reset"
-    return "woke"
+    return restart_report(m, vcpu) or "woke"
 
 
 def _at_sipi_vector(machine, vcpu: int) -> bool:

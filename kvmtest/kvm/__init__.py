@@ -13,20 +13,6 @@ from .system import DEVICE, Kvm
 from .vcpu import KICK_SIGNAL, Vcpu
 from .vm import Vm
 
-MP_STATE_NAMES = {
-    0: "RUNNABLE",
-    1: "UNINITIALIZED",
-    2: "INIT_RECEIVED",
-    3: "HALTED",
-    4: "SIPI_RECEIVED",
-    5: "STOPPED",
-    6: "CHECK_STOP",
-    7: "OPERATING",
-    8: "LOAD",
-    9: "AP_RESET_HOLD",
-    10: "SUSPENDED",
-}
-
 
 def available() -> bool:
     """True when the compiled binding is importable (says nothing about /dev/kvm itself)."""
@@ -36,7 +22,6 @@ def available() -> bool:
 __all__ = [
     "DEVICE",
     "KICK_SIGNAL",
-    "MP_STATE_NAMES",
     "BindingUnavailable",
     "Cpuid",
     "Kvm",

@@ -7,19 +7,10 @@ user-facing description; keep the two in step.
 
 from dataclasses import dataclass, field
 
-MP_STATES = {
-    "RUNNABLE": 0,
-    "UNINITIALIZED": 1,
-    "INIT_RECEIVED": 2,
-    "HALTED": 3,
-    "SIPI_RECEIVED": 4,
-    "STOPPED": 5,
-    "CHECK_STOP": 6,
-    "OPERATING": 7,
-    "LOAD": 8,
-    "AP_RESET_HOLD": 9,
-    "SUSPENDED": 10,
-}
+from reference import MpState
+
+# KVM_MP_STATE_* by name; the model's enum carries the kernel's values.
+MP_STATES = {state.name: int(state) for state in MpState}
 MP_STATE_NAMES = {value: name for name, value in MP_STATES.items()}
 
 # APIC delivery modes (ICR bits 10:8, MSI data bits 10:8).

@@ -60,6 +60,7 @@ class KvmSide:
         setup = trace.setup
         self.setup = setup
         self.workers: dict[int, VcpuWorker] = {}
+        self._x2apic_after_start = False  # GuestVm.start() semantics, see _after_ready
         self.guest_vm = None
         if setup.guest == "none":
             self.vm = kvm.create_vm()
@@ -170,11 +171,8 @@ class KvmSide:
         if isinstance(step, f.Icr):
             worker.submit(g.CMD_ICR, step.value & 0xFFFFFFFF, step.value >> 32)
         elif step.command == "start":
-            if step.vcpu == 0 and self.setup.apic == "x2apic":
-                worker.submit(None)  # to the ready report; x2APIC is switched on in settle
-                self._x2apic_after_start = True
-            else:
-                worker.submit(None)
+            worker.submit(None)  # to the ready report (the BSP's x2APIC switch: _after_ready)
+            self._x2apic_after_start = step.vcpu == 0 and self.setup.apic == "x2apic"
         elif step.command == "hlt":
             worker.submit(g.CMD_HLT)
         elif step.command == "x2apic":
@@ -287,7 +285,7 @@ class KvmSide:
 
     def _after_ready(self, vcpu: int, out: dict) -> None:
         """GuestVm.start() semantics: the BSP switches to x2APIC right after its ready report."""
-        if vcpu == 0 and self.setup.apic == "x2apic" and getattr(self, "_x2apic_after_start", 0):
+        if vcpu == 0 and self._x2apic_after_start:
             self._x2apic_after_start = False
             worker = self.workers[0]
             worker.submit(g.CMD_X2APIC)

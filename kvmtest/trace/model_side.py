@@ -15,6 +15,22 @@ from . import format as f
 COMMAND_REPORTS = {"start": "ready", "x2apic": "x2apic", "spin": "spin", "report": "cs_ip"}
 
 
+def restart_report(machine, vcpu: int) -> str | None:
+    """What the stepper reports when the vCPU runs next, if an INIT or SIPI moved it since the
+    guest last ran: "sipi 0x10" (a landing page) or "reset" (the reset ROM); else None.
+    Registers the model knows mean exactly that, because guest_runs makes them all GUEST."""
+    regs = machine.vcpus[vcpu].regs
+    if regs["rip"] is GUEST:
+        return None
+    cs = regs["cs"]
+    if regs["rip"] == 0:
+        vector = machine.vcpus[vcpu].sipi_vector if cs is GUEST else cs.selector >> 8
+        return f"sipi {vector:#x}"
+    if cs is not GUEST and cs.selector == 0xF000 and regs["rip"] == 0xFFF0:
+        return "reset"
+    return None
+
+
 def flatten_sregs(sregs: dict) -> dict:
     """{'cs': {'base': ..}} -> {'cs.base': ..}; cr0 as is."""
     out = {}
@@ -175,16 +191,8 @@ class ModelSide:
         """If the vCPU now runs from the reset vector or a SIPI landing page, the guest reports
         that; returns True then. Registers the model knows mean a reset or SIPI since the guest
         last ran (guest_runs turns everything into GUEST)."""
-        regs = self.machine.vcpus[vcpu].regs
-        if regs["rip"] is GUEST:
-            return False
-        cs = regs["cs"]
-        if regs["rip"] == 0:
-            vector = self.machine.vcpus[vcpu].sipi_vector if cs is GUEST else cs.selector >> 8
-            what = f"sipi {vector:#x}"
-        elif cs is not GUEST and cs.selector == 0xF000 and regs["rip"] == 0xFFF0:
-            what = "reset"
-        else:
+        what = restart_report(self.machine, vcpu)
+        if what is None:
             return False
         self.machine.guest_runs(vcpu)
         self._report(vcpu, what)
