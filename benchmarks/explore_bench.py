@@ -8,9 +8,9 @@ interleavings per second (schedules covered per second of search).
 import argparse
 import time
 
-from kvmtest import runner
-from kvmtest.explore import Explorer
-from kvmtest.trace import format as f
+from kvmtest import ops as f
+from kvmtest import suite as runner
+from kvmtest.sim.explore import Explorer
 
 
 def main() -> None:

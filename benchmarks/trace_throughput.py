@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ioctl_roundtrip import build_c_baseline  # noqa: E402
 
-from kvmtest import runner  # noqa: E402
+from kvmtest import suite as runner  # noqa: E402
 from kvmtest.trace.result import Status  # noqa: E402
 
 

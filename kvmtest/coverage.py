@@ -206,7 +206,7 @@ def render_coverage(traces, uncovered: dict) -> str:
 
 def generate() -> str:
     """The coverage document for the built-in corpus."""
-    from kvmtest.runner import load_traces
+    from kvmtest.suite import load_traces
 
     traces, errors = load_traces([])
     if errors:

@@ -13,12 +13,12 @@ import time
 from dataclasses import dataclass
 
 import reference
+from kvmtest import ops as f
 from kvmtest.guest import GuestError
 from kvmtest.kvm import KvmError
+from kvmtest.sim.system import ModelSide
 from reference import GUEST
 
-from . import format as f
-from .model_side import ModelSide
 from .result import Mismatch, Status, TraceResult
 
 MISSING = "absent"
@@ -136,7 +136,7 @@ def run_trace(trace: f.Trace, profile: str, host: HostContext, repeat: int = 0) 
     try:
         model = ModelSide(trace, profile, host.flavour, host.cpuid_1_eax, host.smm)
         if host.backend == "kvm":
-            from .kvm_side import KvmSide
+            from kvmtest.exec.kvm import KvmSide
 
             real = KvmSide(host.kvm, trace, host.cpuid)
         check_pins = profile in trace.pinned_profiles
@@ -182,7 +182,7 @@ _EXPLORATIONS_LOCK = threading.Lock()
 def _explore(trace, profile, model, host):
     """The block's allowed outcomes, explored once per (trace, profile, host) and cached:
     --repeat runs the same exploration thousands of times otherwise."""
-    from kvmtest.explore import Explorer
+    from kvmtest.sim.explore import Explorer
 
     key = (trace.path, trace.name, profile, host.flavour, host.cpuid_1_eax)
     with _EXPLORATIONS_LOCK:
@@ -228,7 +228,7 @@ def _concurrent(trace, index, block, model, real, profile, host, result, check_p
         (label for label, o in exploration.allowed.items() if o.matches(reports, observed)), None
     )
     if match is None:
-        from kvmtest.explore import Outcome
+        from kvmtest.sim.explore import Outcome
 
         shown = Outcome(
             reports,

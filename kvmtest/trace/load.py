@@ -10,7 +10,8 @@ import re
 
 import yaml
 
-from . import format as f
+from kvmtest import ops as f
+
 from .errors import TraceError
 
 LINE = "__line__"

@@ -4,7 +4,7 @@ import errno
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .format import MP_STATE_NAMES
+from kvmtest.ops import MP_STATE_NAMES
 
 
 class Status(str, Enum):

@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from kvmtest import matrix_summary as ms
+from kvmtest.matrix import summary as ms
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("KVMTEST_MATRIX") != "1", reason="boots a kernel: set KVMTEST_MATRIX=1"

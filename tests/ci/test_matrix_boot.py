@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from kvmtest import matrix
-from kvmtest import matrix_boot as mb
 from kvmtest.host import default_profile
+from kvmtest.matrix import boot as mb
+from kvmtest.matrix import cli as matrix
 
 
 def fake_module(path: Path, depends: str, compress=False):
@@ -88,7 +88,7 @@ def test_init_script_loads_modules_mounts_and_powers_off():
 
 def test_guest_script_runs_this_checkout(tmp_path):
     script = mb.guest_script(tmp_path, ["-k", "msi"], "linux-6.1", python="/venv/bin/python")
-    root = Path(mb.__file__).resolve().parent.parent
+    root = Path(mb.__file__).resolve().parents[2]
     assert f"cd {root}" in script
     assert "/venv/bin/python -m kvmtest run --format ktap" in script
     assert f"--junit-xml {tmp_path / 'junit.xml'}" in script
@@ -177,7 +177,7 @@ def test_module_entry_point_help():
 def test_boot_error_results_parse(tmp_path):
     import xml.etree.ElementTree as ET
 
-    from kvmtest import matrix_summary as ms
+    from kvmtest.matrix import summary as ms
 
     mb.write_boot_error(tmp_path, "debian-6.1", "the guest wrote no exit code # see console.log")
     assert ms.parse_ktap((tmp_path / "ktap.txt").read_text()) == {"boot": ms.ERROR}

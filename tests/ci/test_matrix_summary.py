@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from kvmtest import matrix
-from kvmtest import matrix_summary as ms
+from kvmtest.matrix import cli as matrix
+from kvmtest.matrix import summary as ms
 
 KTAP_61 = """KTAP version 1
 1..4

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from kvmtest.runner import corpus_dir
+from kvmtest.suite import corpus_dir
 from tests.conftest import require_kvm
 
 

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from kvmtest import coverage
-from kvmtest.runner import corpus_dir, load_traces
+from kvmtest.suite import corpus_dir, load_traces
 from kvmtest.trace.engine import HostContext, run_trace
 from kvmtest.trace.result import Status
 
@@ -75,7 +75,7 @@ LOST_KICK = "did not leave KVM_RUN after a kick"
 
 
 def test_every_trace_passes_or_skips_on_this_hosts_kvm(kvm):
-    from kvmtest.runner import choose_backend, run_all
+    from kvmtest.suite import choose_backend, run_all
 
     context = choose_backend("kvm", require_kvm=True).context
     results = run_all(TRACES, "mainline", context, jobs=8)

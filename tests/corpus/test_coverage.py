@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from kvmtest import coverage
-from kvmtest.runner import load_traces
+from kvmtest.suite import load_traces
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "coverage.md"

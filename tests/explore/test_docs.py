@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from kvmtest.explore import Explorer, render
-from kvmtest.runner import corpus_dir
+from kvmtest.sim.explore import Explorer, render
+from kvmtest.suite import corpus_dir
 from kvmtest.trace.load import load_trace
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "races.md"

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from kvmtest.explore import ExploreError, Explorer, programs
-from kvmtest.runner import corpus_dir
+from kvmtest.sim.explore import ExploreError, Explorer, programs
+from kvmtest.suite import corpus_dir
 from kvmtest.trace.load import load_trace, parse_trace
 
 RACE = f"{corpus_dir()}/race-hlt-init-sipi.yaml"

@@ -39,7 +39,7 @@ def test_layout_mirror_matches_assembly():
             found[match.group(1)] = int(match.group(2), 0)
     assert len(found) > 40
     mismatched = {k: v for k, v in found.items() if getattr(guest, k, None) != v}
-    assert not mismatched, f"kvmtest/guest.py disagrees with layout.inc on {mismatched}"
+    assert not mismatched, f"kvmtest/guest/layout.py disagrees with layout.inc on {mismatched}"
 
 
 def test_images_fit_their_slots_and_jump_where_the_map_says():

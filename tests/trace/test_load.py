@@ -2,7 +2,7 @@
 
 import pytest
 
-from kvmtest.trace import format as f
+from kvmtest import ops as f
 from kvmtest.trace.errors import TraceError
 from kvmtest.trace.load import load_trace, parse_trace
 

@@ -30,9 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-from kvmtest import matrix_boot as mb
-from kvmtest import matrix_summary as ms
 from kvmtest.host import default_profile
+from kvmtest.matrix import boot as mb
+from kvmtest.matrix import summary as ms
 
 # Debian kernels of the matrix, pinned so that a matrix run is reproducible (bump deliberately).
 DEBIAN_KERNELS = {

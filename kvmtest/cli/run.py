@@ -4,7 +4,8 @@ import os
 import sys
 import time
 
-from kvmtest import report, runner
+from kvmtest import report
+from kvmtest import suite as runner
 from kvmtest.host import default_profile
 
 EXIT_USAGE = 2

@@ -14,187 +14,43 @@ use); `Stepper.kick()` from another thread makes that thread's `run()` return No
 from __future__ import annotations
 
 import errno
-import functools
 import struct
 import threading
-from dataclasses import dataclass
-from importlib import resources
 
 from kvmtest.kvm import KvmError, exits
-from kvmtest.threadstate import wait_asleep
+from kvmtest.kvm.threadstate import wait_asleep
 
-# --- memory map, ports and protocol numbers: mirror of guests/src/layout.inc -----------------
-# (tests/guests/test_images.py checks that every `.set` there has the same value here)
-RAM_SIZE = 0x100000
-IVT_BASE = 0x0000
-STUBS_BASE = 0x0400
-STUB_SIZE = 5
-ENTRY_BSP = 0x1000
-ENTRY_AP = 0x1003
-ENTRY_RESET = 0x1006
-IMAGE_LIMIT = 0x3000
-MAILBOX_BASE = 0x3000
-MAILBOX_SIZE = 16
-MAX_CPUS = 64
-SMP_PARAMS = 0x3400
-SMP_ONLINE = 0x3410
-STACK_BASE = 0x4000
-STACK_SIZE = 0x100
-VECTOR_FIRST = 0x08
-VECTOR_LAST = 0x9F
-ROM_BASE = 0xFFFF0000
-ROM_SIZE = 0x10000
-RESET_OFFSET = 0xFFF0
-XAPIC_BASE = 0xFEE00000
-XAPIC_ID = 0x20
-XAPIC_ICR_LO = 0x300
-XAPIC_ICR_HI = 0x310
-MSR_APIC_BASE = 0x1B
-MSR_X2APIC_ID = 0x802
-MSR_X2APIC_ICR = 0x830
-GDT_SEL_XAPIC = 0x08
-PORT_CONSOLE = 0xE9
-PORT_VALUE = 0xEA
-PORT_REPORT = 0xEB
-CMD_NONE = 0x00
-CMD_ICR = 0x10
-CMD_X2APIC = 0x11
-CMD_HLT = 0x12
-CMD_CS_IP = 0x13
-CMD_SPIN = 0x14
-CMD_JUMP = 0x15
-REP_READY = 0x01
-REP_SIPI = 0x02
-REP_RESET = 0x03
-REP_SMP = 0x05
-REP_EXCEPTION = 0x0E
-REP_ERROR = 0x0F
-ERR_BAD_COMMAND = 1
-ERR_APIC_ID = 2
-SMP_BROADCAST = 1
-SMP_X2APIC = 2
-TRIPWIRE = 0xCC
-
-RAM_SLOT = 0
-ROM_SLOT = 1
-MAIN_IMAGES = ("stepper", "smp")
-IRQCHIPS = ("kernel", "split")
-MP_STATE_HALTED = 3
-
-# report kind -> (name, field names)
-REPORTS = {
-    REP_READY: ("ready", ("apic_id",)),
-    REP_SIPI: ("sipi", ("vector", "apic_id")),
-    REP_RESET: ("reset", ("cs", "apic_id")),
-    REP_SMP: ("smp", ("online", "expected", "wait_left")),
-    REP_EXCEPTION: ("exception", ("vector", "cs", "ip")),
-    REP_ERROR: ("error", ("code", "value")),
-    CMD_ICR: ("icr", ()),
-    CMD_X2APIC: ("x2apic", ("apic_base",)),
-    CMD_HLT: ("hlt", ()),
-    CMD_CS_IP: ("cs_ip", ("cs", "ip")),
-    CMD_SPIN: ("spin", ()),
-}
-ERRORS = {ERR_BAD_COMMAND: "unknown command", ERR_APIC_ID: "APIC ID out of range"}
-
-
-class GuestError(Exception):
-    """A guest misbehaved: stray execution, an unexpected exit, a malformed report."""
-
-
-class StrayExecution(GuestError):
-    """The tripwire fired: a vCPU executed memory that holds no code."""
-
-    def __init__(self, vcpu_index: int, cs: int, ip: int):
-        self.vcpu_index = vcpu_index
-        self.cs = cs
-        self.ip = ip
-        self.address = (cs << 4) + ip - 1  # the int3 pushed the address after itself
-        note = " (or 0xffff0000 + IP in the reset ROM)" if cs == 0xF000 else ""
-        super().__init__(
-            f"vCPU {vcpu_index}: stray execution at {self.address:#x} "
-            f"(CS:IP {cs:#06x}:{ip - 1:#06x}){note}"
-        )
-
-
-class Kicked(GuestError):
-    """A blocking command was interrupted by kick() before the guest reported."""
-
-
-@dataclass(frozen=True)
-class Report:
-    """One guest report: its kind ("ready", "sipi", "icr", ...) and values; fields by name."""
-
-    kind: str
-    values: tuple[int, ...]
-
-    def fields(self) -> dict[str, int]:
-        for name, names in REPORTS.values():
-            if name == self.kind:
-                return dict(zip(names, self.values, strict=False))
-        return {}
-
-    def __getattr__(self, name: str) -> int:
-        if name.startswith("_"):  # copy/pickle probe special names before `kind` exists
-            raise AttributeError(name)
-        fields = self.fields()
-        if name in fields:
-            return fields[name]
-        raise AttributeError(f"{self.kind} report has no field {name!r}")
-
-    def __str__(self) -> str:
-        inner = ", ".join(f"{k}={v:#x}" for k, v in self.fields().items())
-        return f"{self.kind}({inner})"
-
-
-@dataclass(frozen=True)
-class SmpResult:
-    """What an autonomous SMP boot showed: the BSP's count and each AP's state afterwards."""
-
-    online: int  # reported by the BSP
-    expected: int  # number of APs
-    counter: int  # SMP_ONLINE read by the host after the APs were stopped
-    wait_left: int  # iterations of the BSP's counted wait that were not needed
-    ap_mp_states: tuple[int, ...]  # KVM_GET_MP_STATE of every AP, after kicking it
-
-    @property
-    def all_online(self) -> bool:
-        return self.online == self.expected == self.counter and all(
-            state == MP_STATE_HALTED for state in self.ap_mp_states
-        )
-
-
-@functools.cache
-def image(name: str) -> bytes:
-    """The built image `name` (package data, produced by guests/build.py)."""
-    return (resources.files("kvmtest") / "guest_images" / f"{name}.bin").read_bytes()
-
-
-@functools.cache
-def ram_image(main: str) -> bytes:
-    """Low RAM as the loader lays it out: tripwire everywhere, the main image at 0, zeroed
-    mailboxes and SMP parameters, a landing page on every vector page. Built once."""
-    ram = bytearray([TRIPWIRE]) * RAM_SIZE
-    code = image(main)
-    if len(code) > IMAGE_LIMIT:
-        raise GuestError(f"{main}.bin is larger than its slot ({IMAGE_LIMIT:#x} bytes)")
-    ram[: len(code)] = code
-    ram[MAILBOX_BASE:STACK_BASE] = bytes(STACK_BASE - MAILBOX_BASE)
-    landing = image("landing")
-    for vector in range(VECTOR_FIRST, VECTOR_LAST + 1):
-        ram[vector << 12 : (vector << 12) + len(landing)] = landing
-    return bytes(ram)
-
-
-@functools.cache
-def rom_image() -> bytes:
-    """The reset ROM: tripwire, and the reset code in its last 16 bytes."""
-    reset = image("reset")
-    return (
-        bytes([TRIPWIRE]) * RESET_OFFSET
-        + reset
-        + bytes([TRIPWIRE]) * (ROM_SIZE - RESET_OFFSET - len(reset))
-    )
+from .images import ram_image, rom_image
+from .layout import (
+    CMD_CS_IP,
+    CMD_HLT,
+    CMD_ICR,
+    CMD_JUMP,
+    CMD_SPIN,
+    CMD_X2APIC,
+    ENTRY_BSP,
+    IRQCHIPS,
+    MAILBOX_BASE,
+    MAILBOX_SIZE,
+    MAIN_IMAGES,
+    MAX_CPUS,
+    PORT_CONSOLE,
+    PORT_REPORT,
+    PORT_VALUE,
+    RAM_SIZE,
+    RAM_SLOT,
+    ROM_BASE,
+    ROM_SIZE,
+    ROM_SLOT,
+    SMP_BROADCAST,
+    SMP_ONLINE,
+    SMP_PARAMS,
+    SMP_X2APIC,
+    VECTOR_FIRST,
+    VECTOR_LAST,
+    XAPIC_BASE,
+)
+from .protocol import ERRORS, REPORTS, GuestError, Kicked, Report, SmpResult, StrayExecution
 
 
 class Stepper:

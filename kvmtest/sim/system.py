@@ -7,9 +7,8 @@ wake-up) and leaves KVM_RUN there. Those predicted reports are what kvm_side mus
 """
 
 import reference
+from kvmtest import ops as f
 from reference import GUEST, Machine, RunResult
-
-from . import format as f
 
 # Guest commands and the report the stepper sends when it finishes one normally.
 COMMAND_REPORTS = {"start": "ready", "x2apic": "x2apic", "spin": "spin", "report": "cs_ip"}
@@ -72,7 +71,7 @@ class ModelSide:
 
     def _loader_registers(self) -> None:
         """Mirror GuestVm's KVM_SET_SREGS/SET_REGS on the BSP: real mode at 0:ENTRY_BSP, FS
-        based at the xAPIC page (kvmtest/guest.py)."""
+        based at the xAPIC page (kvmtest/guest/loader.py)."""
         from kvmtest import guest
 
         m = self.machine

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=("table", "profiles", "dot"), default="table", help="what to print"
     )
 
-    from kvmtest import matrix as matrix_command
+    from kvmtest.matrix import cli as matrix_command
 
     matrix_command.add_parser(commands)
 
@@ -169,21 +169,21 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     try:
         if args.command == "doctor":
-            from kvmtest import doctor
+            from kvmtest.cli import doctor
 
             return doctor.main(args)
         if args.command == "matrix":
-            from kvmtest import matrix
+            from kvmtest.matrix import cli as matrix
 
             return matrix.main(args)
         if args.command == "model":
             return _model(args)
         if args.command == "explore":
-            from kvmtest import explore
+            from kvmtest.cli import explore
 
             return explore.main(args)
-        from kvmtest import commands as run_commands
-        from kvmtest.runner import UsageError
+        from kvmtest.cli import run as run_commands
+        from kvmtest.suite import UsageError
 
         try:
             if args.command == "run":

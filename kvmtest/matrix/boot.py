@@ -428,7 +428,7 @@ def build_initramfs(kernel: Kernel, cache: Path = CACHE_DIR) -> tuple[Path, list
 
 def project_root() -> Path:
     """The checkout (or install) this kvmtest was imported from: the package's parent."""
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]
 
 
 def guest_script(out_dir: Path, run_args: list, profile: str, python: str | None = None) -> str:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 
-from kvmtest.trace import format as f
+from kvmtest import ops as f
 from kvmtest.trace.engine import HostContext, run_trace
 from kvmtest.trace.errors import TraceError
 from kvmtest.trace.load import find_trace_files, load_trace

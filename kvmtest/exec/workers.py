@@ -9,7 +9,7 @@ import queue
 import threading
 
 from kvmtest import guest as g
-from kvmtest.threadstate import wait_asleep
+from kvmtest.kvm.threadstate import wait_asleep
 
 IDLE, BUSY, PAUSED = "idle", "busy", "paused"
 
@@ -99,7 +99,7 @@ class VcpuWorker:
             raise TimeoutError(f"vCPU {self.stepper.index}: worker did not stop")
 
     def wait_asleep(self, timeout: float) -> bool:
-        """Wait until the thread sleeps inside KVM_RUN (see kvmtest.threadstate)."""
+        """Wait until the thread sleeps inside KVM_RUN (see kvmtest.kvm.threadstate)."""
 
         def in_kvm_run() -> bool:
             with self._cond:

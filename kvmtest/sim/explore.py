@@ -23,9 +23,9 @@ import time
 from dataclasses import dataclass, field
 
 import reference
+from kvmtest import ops as f
+from kvmtest.sim.system import ModelSide, restart_report
 from kvmtest.trace import engine
-from kvmtest.trace import format as f
-from kvmtest.trace.model_side import ModelSide, restart_report
 from reference import GUEST, RunResult
 
 DELIVERY_NAMES = {v: k.upper() for k, v in f.DELIVERY_MODES.items()}
@@ -519,27 +519,3 @@ def render(result: Exploration) -> str:
             + ("interleavings" if total is not None else "states")
         )
     return "\n".join(lines)
-
-
-def main(args) -> int:
-    from kvmtest.host import FLAVOURS, detect_backend
-    from kvmtest.trace.errors import TraceError
-    from kvmtest.trace.load import load_trace
-
-    if args.profile not in reference.PROFILES:
-        known = ", ".join(reference.PROFILES)
-        print(f"kvmtest explore: unknown profile {args.profile!r} (known: {known})")
-        return 2
-    flavour = args.flavour or FLAVOURS.get(detect_backend(), "vmx")
-    status = 0
-    for path in args.traces:
-        try:
-            trace = load_trace(path)
-            result = Explorer(trace, args.profile, flavour).run()
-        except (TraceError, ExploreError) as exc:
-            print(f"kvmtest explore: {exc}")
-            return 2
-        print(render(result))
-        if result.violations:
-            status = 1
-    return status

@@ -6,10 +6,9 @@ import threading
 import time
 
 from kvmtest import guest as g
+from kvmtest import ops as f
+from kvmtest.exec.workers import VcpuWorker
 from kvmtest.kvm import lib
-
-from . import format as f
-from .workers import VcpuWorker
 
 MSR_APIC_BASE = 0x1B
 APIC_BASE_X2APIC = 1 << 10

@@ -1,0 +1,1 @@
+"""Performing operations on /dev/kvm: the VM builder, vCPU worker threads, settling."""

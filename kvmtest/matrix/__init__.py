@@ -1,0 +1,1 @@
+"""The kernel matrix: boot kernels under QEMU, run the suite inside, summarise the results."""

@@ -1,0 +1,1 @@
+"""The simulated system (reference model + stepper guest + threads) and its schedulers."""
