@@ -1,8 +1,11 @@
-"""The trace format as data: what load.py builds and the engine replays.
+"""Operations: the one vocabulary that traces, the simulated system and real KVM share.
 
-A trace is a setup (how the VM is built) and a list of steps. Every step remembers its line in
-the file, so a mismatch or a malformed step is reported as file:line. docs/traces.md is the
-user-facing description; keep the two in step.
+A trace is a setup (how the VM is built) and a list of operations. Each operation is a frozen
+record that names the thread performing it (``thread``: "host" or "vcpuN"); it can be built in
+code, loaded from YAML (kvmtest/trace/load.py, which also records its ``line`` so a mismatch
+is reported as file:line) and dumped back (kvmtest/trace/dump.py). The location is not part of
+an operation's identity: two operations that do the same thing are equal wherever they were
+written. docs/traces.md is the user-facing description; keep the two in step.
 """
 
 from dataclasses import dataclass, field
@@ -22,6 +25,20 @@ SEGMENT_FIELDS = ("selector", "base", "limit", "type", "present", "dpl", "db", "
 TABLES = ("gdt", "idt")
 REGISTER_FIELDS = ("rip", "rflags", "rdx")
 EVENT_FIELDS = ("events.sipi_vector", "events.latched_init", "events.smm")
+
+# Operations a concurrent block may contain: what the explorer and the kvm side both run
+# (guest commands by their command name).
+BLOCK_OPS = (
+    "icr",
+    "hlt",
+    "spin",
+    "report",
+    "x2apic",
+    "start",
+    "msi",
+    "set_mp_state",
+    "get_mp_state",
+)
 
 # What an observation can read, in the order a VMM reads it unless the trace says otherwise.
 READS = ("mp_state", "regs", "sregs", "events")
@@ -57,9 +74,24 @@ class Setup:
 
 @dataclass(frozen=True)
 class Step:
-    line: int
+    """Base of every operation. ``line``: where it was written (None when built in code)."""
+
+    line: int | None = field(default=None, kw_only=True, compare=False)
 
     kind = "step"
+
+    @property
+    def thread(self) -> str:
+        """Who performs it: host ioctls are the VMM's thread ("host")."""
+        return "host"
+
+
+class _OnVcpuThread:
+    """Mixin: a guest instruction or command, performed by the vCPU's own thread."""
+
+    @property
+    def thread(self) -> str:
+        return f"vcpu{self.vcpu}"
 
 
 @dataclass(frozen=True)
@@ -73,7 +105,7 @@ class Msi(Step):
 
 
 @dataclass(frozen=True)
-class Icr(Step):
+class Icr(_OnVcpuThread, Step):
     """The guest on `vcpu` writes its ICR (xAPIC MMIO or x2APIC MSR 0x830, per setup.apic)."""
 
     vcpu: int
@@ -88,6 +120,10 @@ class Observe(Step):
     fields: frozenset | None = None  # None: every field the reads produce
     expect: dict = field(default_factory=dict)  # vcpu -> {field: value}, pins the model
     kind = "observe"
+
+    def keeps(self, name: str) -> bool:
+        """Whether field `name` of a read is part of this observation."""
+        return self.fields is None or name in self.fields
 
 
 @dataclass(frozen=True)
@@ -133,7 +169,7 @@ class Nmi(Step):
 
 
 @dataclass(frozen=True)
-class GuestCommand(Step):
+class GuestCommand(_OnVcpuThread, Step):
     """A stepper command run by the guest on `vcpu`: start, hlt, x2apic, spin."""
 
     vcpu: int
@@ -150,6 +186,10 @@ class SmpBoot(Step):
     vector: int = 0x10
     kind = "smp_boot"
 
+    @property
+    def thread(self) -> str:
+        return "vcpu0"  # the BSP's code drives it; the APs react on their own threads
+
 
 @dataclass(frozen=True)
 class Branch:
@@ -159,15 +199,18 @@ class Branch:
 
 @dataclass(frozen=True)
 class Concurrently(Step):
+    """Branches that run at once, one thread each; the block's outcome is checked as a set."""
+
     branches: tuple
     kind = "concurrently"
 
 
 @dataclass(frozen=True)
 class Trace:
+    """A named list of operations on a VM built as ``setup`` says. ``path`` and ``line`` say
+    where it was loaded from; like an operation's line they are not part of its identity."""
+
     name: str
-    path: str
-    line: int
     setup: Setup
     steps: tuple
     description: str = ""
@@ -176,9 +219,11 @@ class Trace:
     profiles: tuple = ()  # empty: every profile
     requires: tuple = ()  # host capabilities: "smm", "x2apic", "split-irqchip"
     pinned_profiles: tuple = ("mainline",)  # profiles under which observe.expect pins apply
+    path: str = field(default="<code>", compare=False)
+    line: int = field(default=1, compare=False)
 
     def applies_to(self, profile: str) -> bool:
         return not self.profiles or profile in self.profiles
 
     def location(self, step: Step) -> str:
-        return f"{self.path}:{step.line}"
+        return f"{self.path}:{step.line}" if step.line is not None else self.path

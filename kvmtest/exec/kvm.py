@@ -1,4 +1,11 @@
-"""The real side of a replay: every trace step performed on a fresh VM in /dev/kvm."""
+"""The real side of a replay: every operation performed on a fresh VM in /dev/kvm.
+
+``perform(op)`` does what the operation says (one table maps each kind to its method) and
+``settle()`` waits until the VM is quiet by what it observes: every vCPU thread that is busy
+with a guest command either reported (its worker is idle again) or sleeps inside KVM_RUN, and
+stays so for a quiet period, or the bound runs out. Nothing here knows what the model
+predicted, so an unexpected report or an extra wake-up shows up as a difference either way.
+"""
 
 import queue
 import random
@@ -7,16 +14,25 @@ import time
 
 from kvmtest import guest as g
 from kvmtest import ops as f
-from kvmtest.exec.workers import VcpuWorker
+from kvmtest.guest.protocol import COMMAND_ACKS
 from kvmtest.kvm import lib
+from kvmtest.ops import BLOCK_OPS
+
+from .workers import VcpuWorker
 
 MSR_APIC_BASE = 0x1B
 APIC_BASE_X2APIC = 1 << 10
 APIC_BASE_ENABLE = 1 << 11
 
-REPORT_TIMEOUT = 2.0  # seconds a predicted guest report may take (guest code is slow here)
-# Reports that answer a command rather than tell of a wake-up.
-COMMAND_ACKS = {"icr", "x2apic", "spin", "cs_ip", "ready"}
+REPORT_TIMEOUT = 2.0  # seconds a guest command may take to report or sleep (slow guest code)
+QUIET = 0.002  # seconds every busy vCPU thread must stay asleep, with no report, to be settled
+POLL = 0.0002  # seconds between looks at the threads while settling
+STEPPER_COMMANDS = {
+    "hlt": g.CMD_HLT,
+    "x2apic": g.CMD_X2APIC,
+    "spin": g.CMD_SPIN,
+    "report": g.CMD_CS_IP,
+}
 
 
 def _busy_wait(seconds: float) -> None:
@@ -60,6 +76,7 @@ class KvmSide:
         self.setup = setup
         self.workers: dict[int, VcpuWorker] = {}
         self._x2apic_after_start = False  # GuestVm.start() semantics, see _after_ready
+        self._pending_ack: dict[int, str] = {}  # vCPU -> a harness command's report to absorb
         self.guest_vm = None
         if setup.guest == "none":
             self.vm = kvm.create_vm()
@@ -95,7 +112,11 @@ class KvmSide:
             for vcpu in self.vcpus:
                 vcpu.set_lapic(vcpu.get_lapic())
 
-    # --- host ioctls ---------------------------------------------------------------------------
+    # --- operations ----------------------------------------------------------------------------
+
+    def perform(self, op) -> dict:
+        """Perform one operation; return what it showed, {(vcpu, field): value}."""
+        return _PERFORM[op.kind](self, op)
 
     def msi(self, step: f.Msi) -> dict:
         return {
@@ -121,13 +142,21 @@ class KvmSide:
                     out["events.smm"] = events.smi.smm
         return out
 
-    def get_mp_state(self, vcpu: int) -> dict:
-        with self._paused(vcpu):
-            return {(vcpu, "mp_state"): self.vcpus[vcpu].get_mp_state()}
+    def observe_op(self, op: f.Observe) -> dict:
+        out = {}
+        for vcpu in op.vcpus:
+            for name, value in self.observe(vcpu, op.read).items():
+                if op.keeps(name):
+                    out[(vcpu, name)] = value
+        return out
 
-    def set_mp_state(self, vcpu: int, state: int) -> dict:
-        with self._paused(vcpu):
-            return {(vcpu, "result"): self.vcpus[vcpu].set_mp_state_raw(state)}
+    def get_mp_state(self, op: f.GetMpState) -> dict:
+        with self._paused(op.vcpu):
+            return {(op.vcpu, "mp_state"): self.vcpus[op.vcpu].get_mp_state()}
+
+    def set_mp_state(self, op: f.SetMpState) -> dict:
+        with self._paused(op.vcpu):
+            return {(op.vcpu, "result"): self.vcpus[op.vcpu].set_mp_state_raw(op.state)}
 
     def set_vcpu_events(self, step: f.SetVcpuEvents) -> dict:
         vcpu = self.vcpus[step.vcpu]
@@ -145,18 +174,18 @@ class KvmSide:
                     events.smi.smm = step.smm
             return {(step.vcpu, "result"): vcpu.set_vcpu_events_raw(events)}
 
-    def set_lapic(self, vcpu: int) -> dict:
-        with self._paused(vcpu):
-            self.vcpus[vcpu].set_lapic(self.vcpus[vcpu].get_lapic())
-        return {(vcpu, "result"): 0}
+    def set_lapic(self, op: f.SetLapic) -> dict:
+        with self._paused(op.vcpu):
+            self.vcpus[op.vcpu].set_lapic(self.vcpus[op.vcpu].get_lapic())
+        return {(op.vcpu, "result"): 0}
 
-    def smi(self, vcpu: int) -> dict:
-        with self._paused(vcpu):
-            return {(vcpu, "result"): self.vcpus[vcpu].smi_raw()}
+    def smi(self, op: f.Smi) -> dict:
+        with self._paused(op.vcpu):
+            return {(op.vcpu, "result"): self.vcpus[op.vcpu].smi_raw()}
 
-    def nmi(self, vcpu: int) -> dict:
-        with self._paused(vcpu):
-            return {(vcpu, "result"): self.vcpus[vcpu].nmi_raw()}
+    def nmi(self, op: f.Nmi) -> dict:
+        with self._paused(op.vcpu):
+            return {(op.vcpu, "result"): self.vcpus[op.vcpu].nmi_raw()}
 
     # --- guest commands ------------------------------------------------------------------------
 
@@ -166,20 +195,15 @@ class KvmSide:
         return self.workers[vcpu]
 
     def guest(self, step) -> dict:
+        """A stepper command (an ICR write is one too): post it and let the worker run it."""
         worker = self.worker(step.vcpu)
-        if isinstance(step, f.Icr):
+        if step.kind == "icr":
             worker.submit(g.CMD_ICR, step.value & 0xFFFFFFFF, step.value >> 32)
         elif step.command == "start":
             worker.submit(None)  # to the ready report (the BSP's x2APIC switch: _after_ready)
             self._x2apic_after_start = step.vcpu == 0 and self.setup.apic == "x2apic"
-        elif step.command == "hlt":
-            worker.submit(g.CMD_HLT)
-        elif step.command == "x2apic":
-            worker.submit(g.CMD_X2APIC)
-        elif step.command == "spin":
-            worker.submit(g.CMD_SPIN, step.argument)
-        elif step.command == "report":
-            worker.submit(g.CMD_CS_IP)
+        else:
+            worker.submit(STEPPER_COMMANDS[step.command], step.argument)
         return {}
 
     # --- concurrent blocks ---------------------------------------------------------------------
@@ -228,69 +252,77 @@ class KvmSide:
 
     def _block_step(self, step):
         """One step of a branch; a guest command waits for its report (bounded)."""
-        if isinstance(step, (f.Icr, f.GuestCommand)):
-            self.guest(step)
+        kind = step.command if step.kind == "guest" else step.kind
+        if kind not in BLOCK_OPS:
+            raise NotImplementedError(f"{step.kind} steps inside a concurrent block")
+        self.perform(step)
+        if step.kind in ("icr", "guest"):
             try:
                 report = self.workers[step.vcpu].reports.get(timeout=REPORT_TIMEOUT)
             except queue.Empty:
                 return None  # still halted (a lost wake-up): the outcome will show it
             how = describe_report(report)
             return None if how in COMMAND_ACKS else (step.vcpu, how)
-        if isinstance(step, f.Msi):
-            self.msi(step)
-        elif isinstance(step, f.SetMpState):
-            self.set_mp_state(step.vcpu, step.state)
-        elif isinstance(step, f.GetMpState):
-            self.get_mp_state(step.vcpu)
-        else:
-            raise NotImplementedError(f"{step.kind} steps inside a concurrent block")
         return None
 
     def smp_boot(self, step: f.SmpBoot) -> dict:
         result = self.guest_vm.smp_boot(broadcast=step.broadcast, vector=step.vector)
         return {(None, "smp.online"): result.online, (None, "smp.expected"): result.expected}
 
-    def settle(self, expected: dict, timeout: float = REPORT_TIMEOUT) -> dict:
-        """Collect the reports the model predicts (waiting for each), plus any others."""
-        out = {}
-        reports = sorted(vcpu for vcpu, field in expected if field == "report")
-        for vcpu in reports:
-            worker = self.workers.get(vcpu)
-            if worker is None:
-                out[(vcpu, "report")] = "none"
-                continue
-            try:
-                report = worker.reports.get(timeout=timeout)
-            except queue.Empty:
-                out[(vcpu, "report")] = "none"
-                continue
-            out[(vcpu, "report")] = describe_report(report)
-            if report is not None and getattr(report, "kind", None) == "ready":
-                self._after_ready(vcpu, out)
-        for (vcpu, field), _ in expected.items():
-            if field == "thread":
-                worker = self.workers.get(vcpu)
-                asleep = worker is not None and worker.wait_asleep(timeout)
-                out[(vcpu, "thread")] = "blocked" if asleep else "running"
-        for vcpu, worker in self.workers.items():
-            if (vcpu, "report") in out:
-                continue
-            try:
-                report = worker.reports.get_nowait()
-            except queue.Empty:
-                continue
-            out[(vcpu, "report")] = describe_report(report)
+    def settle(self, timeout: float = REPORT_TIMEOUT, quiet: float = QUIET) -> dict:
+        """Wait until every busy vCPU thread has reported or sleeps inside KVM_RUN, and all stay
+        so for `quiet` seconds (or `timeout` runs out); return the reports, keyed
+        (vcpu, "report"), and (vcpu, "thread"): "blocked" or "running" for the busy ones."""
+        out: dict = {}
+        deadline = time.monotonic() + timeout
+        quiet_since = None
+        while True:
+            got = self._drain_reports(out)
+            busy = {vcpu for vcpu, worker in self.workers.items() if worker.busy}
+            asleep = {vcpu for vcpu in busy if self.workers[vcpu].asleep()}
+            now = time.monotonic()
+            if got or asleep != busy:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            elif now - quiet_since >= quiet:
+                break
+            if now > deadline:
+                break
+            time.sleep(POLL)
+        self._drain_reports(out)
+        for vcpu in sorted(busy):
+            out[(vcpu, "thread")] = "blocked" if vcpu in asleep else "running"
         return out
 
-    def _after_ready(self, vcpu: int, out: dict) -> None:
-        """GuestVm.start() semantics: the BSP switches to x2APIC right after its ready report."""
+    def _drain_reports(self, out: dict) -> bool:
+        """Move every report that arrived into `out` (the last per vCPU); True if any did."""
+        got = False
+        for vcpu, worker in self.workers.items():
+            while True:
+                try:
+                    report = worker.reports.get_nowait()
+                except queue.Empty:
+                    break
+                got = True
+                what = describe_report(report)
+                if self._pending_ack.get(vcpu) is not None:
+                    expected = self._pending_ack.pop(vcpu)
+                    if what != expected:
+                        out[(vcpu, "report")] = f"{expected} switch failed: {what}"
+                    continue
+                out[(vcpu, "report")] = what
+                if what == "ready":
+                    self._after_ready(vcpu)
+        return got
+
+    def _after_ready(self, vcpu: int) -> None:
+        """GuestVm.start() semantics: the BSP switches to x2APIC right after its ready report;
+        that command's own report is the harness's business, not the trace's."""
         if vcpu == 0 and self._x2apic_after_start:
             self._x2apic_after_start = False
-            worker = self.workers[0]
-            worker.submit(g.CMD_X2APIC)
-            report = worker.reports.get(timeout=REPORT_TIMEOUT)
-            if describe_report(report) != "x2apic":
-                out[(0, "report")] = f"x2apic switch failed: {describe_report(report)}"
+            self._pending_ack[0] = "x2apic"
+            self.workers[0].submit(g.CMD_X2APIC)
 
     def _paused(self, vcpu: int):
         return _Paused(self.workers.get(vcpu))
@@ -319,3 +351,20 @@ class _Paused:
     def __exit__(self, *exc):
         if self.worker is not None:
             self.worker.resume()
+
+
+# Operations by kind: the kvm side's one dispatch table (kvmtest.sim.system.HOST_OPS is the
+# model's); every kind of kvmtest.ops has an entry in both.
+_PERFORM = {
+    "msi": KvmSide.msi,
+    "observe": KvmSide.observe_op,
+    "get_mp_state": KvmSide.get_mp_state,
+    "set_mp_state": KvmSide.set_mp_state,
+    "set_vcpu_events": KvmSide.set_vcpu_events,
+    "set_lapic": KvmSide.set_lapic,
+    "smi": KvmSide.smi,
+    "nmi": KvmSide.nmi,
+    "icr": KvmSide.guest,
+    "guest": KvmSide.guest,
+    "smp_boot": KvmSide.smp_boot,
+}

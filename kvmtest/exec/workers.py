@@ -9,7 +9,7 @@ import queue
 import threading
 
 from kvmtest import guest as g
-from kvmtest.kvm.threadstate import wait_asleep
+from kvmtest.kvm.threadstate import blocked_in_kvm, wait_asleep
 
 IDLE, BUSY, PAUSED = "idle", "busy", "paused"
 
@@ -107,6 +107,13 @@ class VcpuWorker:
             return busy and self.stepper.vcpu.in_kvm_run
 
         return wait_asleep(lambda: self.native_id, in_kvm_run, timeout)
+
+    def asleep(self) -> bool:
+        """Right now: busy with a command, inside KVM_RUN, and blocked there by KVM."""
+        tid = self.native_id
+        return (
+            tid is not None and self.busy and self.stepper.vcpu.in_kvm_run and blocked_in_kvm(tid)
+        )
 
     @property
     def busy(self) -> bool:

@@ -37,6 +37,11 @@ REPORTS = {
 }
 ERRORS = {ERR_BAD_COMMAND: "unknown command", ERR_APIC_ID: "APIC ID out of range"}
 
+# Stepper commands (trace names) and the report each sends when it finishes normally.
+COMMAND_REPORTS = {"start": "ready", "x2apic": "x2apic", "spin": "spin", "report": "cs_ip"}
+# Reports that answer a command rather than tell of a wake-up (a landing, a reset, a HLT).
+COMMAND_ACKS = frozenset({"icr", "x2apic", "spin", "cs_ip", "ready"})
+
 
 class GuestError(Exception):
     """A guest misbehaved: stray execution, an unexpected exit, a malformed report."""

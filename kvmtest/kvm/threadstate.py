@@ -3,7 +3,10 @@ really blocked inside KVM_RUN (HLT, UNINITIALIZED, INIT_RECEIVED) rather than on
 
 Guest code runs slowly on an emulating host, so a vCPU told to HLT may still be executing the
 instructions before it; observing it then would catch it RUNNABLE. KVM's halt polling keeps a
-thread runnable for a moment before it sleeps, which only delays the answer.
+thread runnable for a moment before it sleeps, which only delays the answer. A thread can also
+sleep inside KVM_RUN for other reasons (a page fault, a lock, SRCU after a memslot change on a
+busy host), so "blocked" means asleep *in kvm_vcpu_block*, read from /proc/.../wchan; where the
+kernel does not say (wchan "0" without kallsyms), any sleep counts.
 """
 
 import time
@@ -18,12 +21,34 @@ def thread_state(tid: int) -> str:
         return "?"
 
 
+# Where a vCPU thread sleeps when KVM blocks it (kvm_vcpu_halt calls kvm_vcpu_block).
+BLOCK_FUNCTIONS = frozenset({"kvm_vcpu_block", "kvm_vcpu_halt"})
+
+
+def thread_wchan(tid: int) -> str:
+    """The kernel function thread `tid` of this process sleeps in ('' if unknown)."""
+    try:
+        with open(f"/proc/self/task/{tid}/wchan") as wchan:
+            name = wchan.read().strip()
+    except OSError:
+        return ""
+    return "" if name == "0" else name
+
+
+def blocked_in_kvm(tid: int) -> bool:
+    """Thread `tid` sleeps in kvm_vcpu_block (or somewhere, where the kernel hides the name)."""
+    if thread_state(tid) != "S":
+        return False
+    where = thread_wchan(tid)
+    return not where or where in BLOCK_FUNCTIONS
+
+
 def wait_asleep(tid_of, in_kvm_run, timeout: float, interval: float = 0.0002) -> bool:
     """Poll until `in_kvm_run()` and the thread `tid_of()` sleeps; False on timeout."""
     deadline = time.monotonic() + timeout
     while True:
         tid = tid_of()
-        if tid is not None and in_kvm_run() and thread_state(tid) == "S":
+        if tid is not None and in_kvm_run() and blocked_in_kvm(tid):
             return True
         if time.monotonic() > deadline:
             return False

@@ -1,19 +1,17 @@
-"""`kvmtest explore`: every interleaving of a trace's concurrent block, over the model's atomic
-steps, with the reachable outcomes and the properties they keep or break.
+"""The exhaustive scheduler: every interleaving of a trace's concurrent block on the simulated
+system, with the reachable outcomes and the properties they keep or break.
 
-Theory of operation. The steps before the block run sequentially on the model (as in replay).
-The block's branches become *programs*: lists of atomic model steps per thread (a guest HLT is
-two steps, the VM exit and kvm_emulate_halt; an ICR write is one). Besides the programs, the
-vCPU threads inside KVM_RUN react by themselves: the model's `pending_steps()` (wake-ups, event
-processing), userspace re-entering KVM_RUN after -EINTR/-EAGAIN, and the stepper guest reporting
-once it runs again (from a SIPI landing page, the reset vector, or after its HLT). A search over
-(model state, program counters, waiting vCPUs, landings) visits each distinct state once; that
-merging is sound because the future depends only on that state. Paths are counted over the
-resulting graph, so "interleavings" is the number of distinct schedules, not of states.
+Theory of operation. The steps before the block run on the sequential scheduler (as in
+replay). The block's branches become the programs of their threads (``System.load_branch``);
+the system's ``enabled()`` moves (programs, KVM's reactions, the stepper's reports) are the
+edges of a search over ``System.key()``, which visits each distinct state once; that merging
+is sound because the future depends only on that state. Paths are counted over the resulting
+graph, so "interleavings" is the number of distinct schedules, not of states. Each end state
+runs the steps after the block on the sequential scheduler, which gives its outcome.
 
 Property "init-never-lost": an AP that some branch sends INIT and then SIPI must land on a SIPI
-landing page in every schedule. Under linux-3.9 the search finds the schedule of section (e)
-of the semantics notes by itself; under linux-3.10 and later there is none.
+landing page in every schedule. Under linux-3.9 the search finds the schedule of
+docs/semantics.md section e by itself; under linux-3.10 and later there is none.
 """
 
 from __future__ import annotations
@@ -24,35 +22,15 @@ from dataclasses import dataclass, field
 
 import reference
 from kvmtest import ops as f
-from kvmtest.sim.system import ModelSide, restart_report
-from kvmtest.trace import engine
-from reference import GUEST, RunResult
+from kvmtest.ops import BLOCK_OPS
+from reference import GUEST
 
-DELIVERY_NAMES = {v: k.upper() for k, v in f.DELIVERY_MODES.items()}
+from .schedule import Sequential
+from .system import Move, System, program
 
 
 class ExploreError(Exception):
     """The trace cannot be explored (no concurrent block, an unsupported step, a model error)."""
-
-
-@dataclass(frozen=True)
-class Move:
-    thread: str  # "vcpu0", "host", or "kvm:vcpu1" for what a thread does inside KVM
-    op: str
-    args: tuple
-    label: str
-    end: int = 0  # program counter after the guest command this move belongs to
-
-
-@dataclass
-class Node:
-    machine: object
-    pcs: tuple  # program counter per branch
-    waiting: frozenset  # vCPUs inside KVM_RUN that will report once they run again
-    landed: frozenset  # (vcpu, how) the guest reported after a wake-up: "sipi 0x10", "reset"
-
-    def key(self):
-        return (self.machine.key(), self.pcs, self.waiting, self.landed)
 
 
 @dataclass(frozen=True)
@@ -106,87 +84,25 @@ class Exploration:
     properties: tuple = ()
 
 
-def _icr_label(value: int, x2apic: bool) -> str:
-    mode = DELIVERY_NAMES.get((value >> 8) & 7, "?")
-    vector = f" {value & 0xFF:#x}" if mode == "SIPI" else ""
-    shorthand = (value >> 18) & 3
-    dest = (value >> 32) if x2apic else (value >> 56)
-    target = ("", "self", "all", "all-but-self")[shorthand] or f"APIC {dest}"
-    return f"{mode}{vector} -> {target}"
-
-
 def programs(block: f.Concurrently, setup: f.Setup) -> list[tuple[str, list[Move]]]:
-    """Each branch as a list of atomic moves."""
-    x2apic = setup.apic == "x2apic"
+    """Each branch as a list of atomic moves (System.load_branch builds the same)."""
     out = []
     for branch in block.branches:
         moves: list[Move] = []
         for step in branch.steps:
-            t = branch.thread
-            start = len(moves)
-            if isinstance(step, f.Icr):
-                v, what = step.vcpu, _icr_label(step.value, x2apic)
-                moves += _command(t, v, "")
-                moves.append(
-                    Move(
-                        t, "icr_write", (v, step.value, x2apic), f"vcpu{v} guest writes ICR: {what}"
-                    )
-                )
-                moves.append(_report_move(t, v))
-            elif isinstance(step, f.GuestCommand) and step.command == "hlt":
-                v = step.vcpu
-                moves += _command(t, v, "")
-                moves += [
-                    Move(t, "hlt_exit", (v,), f"vcpu{v} guest HLT: VM exit, handle_halt"),
-                    Move(t, "emulate_halt", (v,), f"vcpu{v} kvm_emulate_halt writes mp_state"),
-                    Move(t, "wait_report", (v,), f"vcpu{v} stepper waits for its HLT report"),
-                ]
-            elif isinstance(step, f.GuestCommand) and step.command in ("spin", "report", "x2apic"):
-                v = step.vcpu
-                moves += _command(t, v, f" ({step.command})")
-                moves.append(_report_move(t, v))
-            elif isinstance(step, f.GuestCommand) and step.command == "start":
-                v = step.vcpu
-                moves += [
-                    Move(t, "start_run", (v,), f"vcpu{v} enters KVM_RUN for the first time"),
-                    Move(t, "wait_report", (v,), f"vcpu{v} stepper waits for its first report"),
-                ]
-            elif isinstance(step, f.Msi):
-                what = _icr_label(step.data, False).split(" -> ")[0]
-                dest = (step.address_lo >> 12) & 0xFF
-                moves.append(
-                    Move(
-                        t,
-                        "signal_msi",
-                        (step.address_lo, step.address_hi, step.data),
-                        f"host KVM_SIGNAL_MSI {what} -> APIC {dest}",
-                    )
-                )
-            elif isinstance(step, f.SetMpState):
-                name = f.MP_STATE_NAMES.get(step.state, step.state)
-                moves.append(
-                    Move(
-                        t,
-                        "set_mp_state",
-                        (step.vcpu, step.state),
-                        f"host KVM_SET_MP_STATE vcpu{step.vcpu} {name}",
-                    )
-                )
-            elif isinstance(step, f.GetMpState):
-                moves.append(
-                    Move(t, "get_mp_state", (step.vcpu,), f"host KVM_GET_MP_STATE vcpu{step.vcpu}")
-                )
-            else:
-                raise ExploreError(
-                    f"{step.kind} steps inside a concurrent block are not explored "
-                    "(supported: icr, hlt, spin, report, x2apic, start, msi, set_mp_state, "
-                    "get_mp_state)"
-                )
-            moves[start:] = [
-                Move(m.thread, m.op, m.args, m.label, len(moves)) for m in moves[start:]
-            ]
+            check_block_op(step)
+            moves += program(step, branch.thread, setup, len(moves))
         out.append((branch.thread, moves))
     return out
+
+
+def check_block_op(step) -> None:
+    kind = step.command if step.kind == "guest" else step.kind
+    if kind not in BLOCK_OPS:
+        raise ExploreError(
+            f"{step.kind} steps inside a concurrent block are not explored "
+            f"(supported: {', '.join(BLOCK_OPS)})"
+        )
 
 
 def init_then_sipi_targets(block: f.Concurrently, setup: f.Setup, nr_vcpus: int) -> set:
@@ -212,23 +128,15 @@ def init_then_sipi_targets(block: f.Concurrently, setup: f.Setup, nr_vcpus: int)
     return {t for t in targets if t != 0}
 
 
-def _command(thread: str, vcpu: int, what: str) -> list[Move]:
-    """How every stepper command starts: the thread enters KVM_RUN, the guest runs."""
-    return [
-        Move(thread, "run_entry", (vcpu,), f"vcpu{vcpu} enters KVM_RUN for its next command"),
-        Move(thread, "guest_runs", (vcpu,), f"vcpu{vcpu} guest runs{what}"),
-    ]
-
-
-def _report_move(thread: str, vcpu: int) -> Move:
-    return Move(thread, "kick_out", (vcpu,), f"vcpu{vcpu} guest reports (port I/O), leaves KVM_RUN")
-
-
 class Explorer:
-    def __init__(self, trace: f.Trace, profile: str, flavour: str = "pvm"):
+    def __init__(
+        self, trace: f.Trace, profile, flavour: str = "pvm", smm: bool = True, cpuid_1_eax=None
+    ):
         self.trace = trace
         self.profile = profile
         self.flavour = flavour
+        self.smm = smm
+        self.cpuid_1_eax = cpuid_1_eax
         blocks = [i for i, s in enumerate(trace.steps) if isinstance(s, f.Concurrently)]
         if not blocks:
             raise ExploreError(f"{trace.path}: no concurrently block to explore")
@@ -237,149 +145,41 @@ class Explorer:
         self.block_index = blocks[0]
         self.block = trace.steps[self.block_index]
 
-    def _prefix(self) -> ModelSide:
-        side = ModelSide(self.trace, self.profile, self.flavour, None, True)
+    def _prefix(self) -> System:
+        system = System(self.trace.setup, self.profile, self.flavour, self.cpuid_1_eax, self.smm)
+        replay = Sequential(system)
         for step in self.trace.steps[: self.block_index]:
-            side.begin_step()
-            engine._outputs(side, step)
-            side.settle()
-        return side
+            replay.perform(step)
+        return system
 
-    def _moves(self, node: Node, programs) -> list[Move]:
-        m = node.machine
-        moves = []
-        for i, (_thread, program) in enumerate(programs):
-            if node.pcs[i] < len(program):
-                move = program[node.pcs[i]]
-                if move.op == "wait_report":
-                    if move.args[0] not in node.waiting:
-                        moves.append(move)
-                elif self._enabled(m, move):
-                    moves.append(move)
-        reactions = m.pending_steps()
-        # KVM processes a pending request (KVM_REQ_EVENT) before it enters the guest, so no guest
-        # code starts to run while one is pending; code already running may still act (the kick
-        # that forces the VM exit is asynchronous).
-        entering = {vcpu for vcpu, name in reactions if name == "guest_event"}
-        moves = [mv for mv in moves if not (mv.op == "guest_runs" and mv.args[0] in entering)]
-        for vcpu, name in reactions:
-            moves.append(Move(f"kvm:vcpu{vcpu}", name, (vcpu,), _reaction_label(vcpu, name, m)))
-        # A vCPU thread is inside a guest command once its run_entry is done.
-        mid_command = {
-            program[node.pcs[i]].args[0]
-            for i, (thread, program) in enumerate(programs)
-            if thread != "host"
-            and node.pcs[i] < len(program)
-            and program[node.pcs[i]].op not in ("run_entry", "start_run")
-        }
-        for vcpu in sorted(mid_command - node.waiting - entering):
-            if m.run_status(vcpu) is RunResult.RUNS and m.vcpus[vcpu].regs["rip"] is not GUEST:
-                moves.append(Move(f"vcpu{vcpu}", "report", (vcpu,), ""))
-        for vcpu in sorted((node.waiting | mid_command) - entering):
-            status = m.run_status(vcpu)
-            if status in (RunResult.EAGAIN, RunResult.EINTR):
-                moves.append(
-                    Move(
-                        f"vcpu{vcpu}",
-                        "reenter",
-                        (vcpu,),
-                        f"vcpu{vcpu} KVM_RUN returned {status}; userspace re-enters",
-                    )
-                )
-            elif status is RunResult.RUNS and vcpu in node.waiting:
-                moves.append(Move(f"vcpu{vcpu}", "report", (vcpu,), ""))
-        return moves
-
-    @staticmethod
-    def _enabled(m, move: Move) -> bool:
-        vcpus = m.vcpus
-        v = move.args[0] if move.op not in ("signal_msi",) else None
-        phase = vcpus[v].phase if v is not None else None
-        if move.op in ("run_entry", "start_run"):
-            return phase == reference.Phase.OUT
-        on_own_path = vcpus[v].regs["rip"] is GUEST if v is not None else True
-        if move.op == "guest_runs":
-            return phase == reference.Phase.GUEST and vcpus[v].mp_state == 0 and on_own_path
-        if move.op in ("icr_write", "hlt_exit", "kick_out"):
-            # After an INIT reset or a SIPI the guest runs the reset ROM or a landing page,
-            # not the rest of its command: that is a report (see _moves), not these moves.
-            return phase == reference.Phase.GUEST and vcpus[v].mp_state == 0 and on_own_path
-        if move.op == "emulate_halt":
-            return phase == reference.Phase.HALT_EXIT
-        if move.op in ("set_mp_state", "get_mp_state"):
-            return phase == reference.Phase.OUT  # the ioctl waits for KVM_RUN to return
-        return True
-
-    def _apply(self, node: Node, move: Move, programs) -> tuple[Node, Move]:
-        m = node.machine.clone()
-        pcs, waiting, landed = list(node.pcs), set(node.waiting), set(node.landed)
-        label = move.label
-        if move.thread.startswith("kvm:"):
-            m.step(move.args[0], move.op)
-        elif move.op == "reenter":
-            m.enter_run(move.args[0])
-        elif move.op == "report":
-            vcpu = move.args[0]
-            how = _how_it_runs(m, vcpu)
-            m.guest_runs(vcpu)
-            m.kick_out(vcpu)
-            waiting.discard(vcpu)
-            landed.add((vcpu, how))
-            label = f"vcpu{vcpu} guest runs ({how}) and reports, leaves KVM_RUN"
-            for i, (thread, program) in enumerate(programs):
-                if thread == f"vcpu{vcpu}" and 0 < pcs[i] < len(program):
-                    pcs[i] = program[pcs[i]].end  # that report answers the command
-        else:
-            i = next(i for i, (t, _) in enumerate(programs) if t == move.thread)
-            pcs[i] += 1
-            if move.op == "start_run":
-                m.apply(reference.Step("run_entry", move.args))
-                waiting.add(move.args[0])  # the stepper reports once the vCPU runs
-            elif move.op != "wait_report":
-                m.apply(reference.Step(move.op, move.args))
-            if move.op == "emulate_halt":
-                vcpu = move.args[0]
-                waiting.add(vcpu)  # the stepper reports once the vCPU runs again
-        return Node(m, tuple(pcs), frozenset(waiting), frozenset(landed)), Move(
-            move.thread, move.op, move.args, label
-        )
-
-    def _outcome(self, node: Node, programs) -> Outcome:
+    def _outcome(self, system: System) -> Outcome:
         """Run the trace's remaining steps on this end state and record what they observe."""
-        side = ModelSide.__new__(ModelSide)
-        side.setup = self.trace.setup
-        side.machine = node.machine.clone()
-        side.inside = set(node.waiting)
-        side.command = {v: "hlt" for v in node.waiting}
-        stuck = tuple(
-            f"{thread} stuck before: {program[node.pcs[i]].label}"
-            for i, (thread, program) in enumerate(programs)
-            if node.pcs[i] < len(program)
-        )
+        replay = Sequential(system.clone())
         observed = []
-        reports = set(node.landed)
+        reports = set(system.landed)
         for step in self.trace.steps[self.block_index + 1 :]:
-            side.begin_step()
-            out = engine._outputs(side, step)
-            for (vcpu, name), value in side.settle().items():
+            for (vcpu, name), value in replay.perform(step).items():
                 if name == "report":
                     reports.add((vcpu, value))
-            if isinstance(step, f.Observe):
-                observed += [(vcpu, name, value) for (vcpu, name), value in out.items()]
-        return Outcome(frozenset(reports), tuple(sorted(observed, key=_obs_order)), stuck)
+                elif name != "thread" and step.kind == "observe":
+                    observed.append((vcpu, name, value))
+        return Outcome(frozenset(reports), tuple(sorted(observed, key=_obs_order)), system.stuck())
 
-    def run(self, prefix: ModelSide | None = None) -> Exploration:
-        """Explore the block, from `prefix` (the model side at the block) or from the trace's
-        steps before it."""
+    def run(self, prefix: System | None = None) -> Exploration:
+        """Explore the block, from `prefix` (the system at the block, left unchanged) or from
+        the trace's steps before it."""
         start = time.perf_counter()
-        prefix = prefix or self._prefix()
-        programs_ = programs(self.block, self.trace.setup)
-        nr = len(prefix.machine.vcpus)
+        root = (prefix or self._prefix()).clone()
+        root.landed = frozenset()
+        root.reports.clear()
+        for branch in self.block.branches:
+            for step in branch.steps:
+                check_block_op(step)
+            root.load_branch(branch.thread, branch.steps)
+        nr = len(root.machine.vcpus)
         must_land = init_then_sipi_targets(self.block, self.trace.setup, nr)
-        root = Node(
-            prefix.machine, tuple(0 for _ in programs_), frozenset(prefix.inside), frozenset()
-        )
-        result = Exploration(self.trace.name, self.profile, properties=("init-never-lost",))
+        label = getattr(self.profile, "label", self.profile)
+        result = Exploration(self.trace.name, label, properties=("init-never-lost",))
         # Breadth first: the first violating end state found has a shortest schedule.
         nodes = {root.key(): root}
         parent: dict = {root.key(): None}
@@ -389,15 +189,17 @@ class Explorer:
         while queue:
             key = queue.popleft()
             node = nodes[key]
-            moves = self._moves(node, programs_)
+            moves = node.enabled()
             if not moves:
-                terminal[key] = self._outcome(node, programs_)
+                terminal[key] = self._outcome(node)
                 continue
             for move in moves:
+                child = node.clone()
                 try:
-                    child, shown = self._apply(node, move, programs_)
+                    child.apply(move)
                 except reference.ModelError as exc:
                     raise ExploreError(f"model: {exc} (after {move.label})") from None
+                shown = move if move.label else _report_label(child, move)
                 child_key = child.key()
                 edges[key].append(child_key)
                 if child_key not in nodes:
@@ -426,10 +228,11 @@ class Explorer:
         return result
 
 
-def _how_it_runs(m, vcpu: int) -> str:
-    if m.vcpus[vcpu].regs["rip"] is GUEST:
-        return "hlt"  # the stepper's report after a wake-up from its HLT
-    return restart_report(m, vcpu) or "woke"
+def _report_label(child: System, move: Move) -> Move:
+    """A stepper report move, labelled with what the guest reported (known once applied)."""
+    vcpu = move.args[0]
+    how = next((what for v, what in reversed(child.reports) if v == vcpu), "?")
+    return move._replace(label=f"vcpu{vcpu} guest runs ({how}) and reports, leaves KVM_RUN")
 
 
 def _at_sipi_vector(machine, vcpu: int) -> bool:
@@ -443,14 +246,6 @@ def _at_sipi_vector(machine, vcpu: int) -> bool:
     if int(v.mp_state) == 4:
         return True
     return int(v.mp_state) == 0 and v.regs["rip"] == 0
-
-
-def _reaction_label(vcpu: int, name: str, m) -> str:
-    return {
-        "guest_event": f"vcpu{vcpu} (in KVM) processes KVM_REQ_EVENT before entering the guest",
-        "wake": f"vcpu{vcpu} (in KVM) wakes from kvm_vcpu_block",
-        "wake_uninit": f"vcpu{vcpu} (in KVM) wakes in the UNINITIALIZED branch",
-    }.get(name, f"vcpu{vcpu} (in KVM) {name}")
 
 
 def _depth(parent, key) -> int:

@@ -1,17 +1,62 @@
-"""The model side of a replay: every trace step applied to reference.Machine.
+"""The simulated system: the reference model, the stepper guest, and where every thread is.
 
-It mirrors what the real harness does, operation by operation, including what the stepper guest
-does by itself: a vCPU that the model says is running guest code runs up to its next report (a
-landing-page report after a SIPI, a reset report after an INIT restart, the HLT report after a
-wake-up) and leaves KVM_RUN there. Those predicted reports are what kvm_side must then receive.
+Theory of operation
+===================
+
+What real KVM runs is a VM (``reference.Machine`` models it), guest code on each vCPU (the
+stepper image, ``guests/src/stepper.s``) and one userspace thread per vCPU plus the host's
+thread. ``System`` models all three, so that every scheduler sees the same machine:
+``schedule.Sequential`` (trace replay: one deterministic order) and ``explore.Explorer`` (every
+order of a concurrent block) differ only in which enabled move they take next.
+
+*Programs.* Each operation (``kvmtest.ops``) becomes a short program of atomic **moves** for the
+thread that performs it (``program``): a stepper command is "enter KVM_RUN, the guest runs,
+the guest acts, the guest reports"; a guest HLT is two moves (the VM exit, then
+``kvm_emulate_halt``), because the pre-3.10 race of docs/semantics.md section e lives between
+them; a host ioctl is one move. Threads run their programs in order.
+
+*Reactions.* Besides the programs, threads react by themselves: KVM inside a thread
+(``kvm:vcpuN``) wakes from ``kvm_vcpu_block`` or processes a request before it enters the guest
+(``Machine.pending_steps``); userspace re-enters KVM_RUN after -EINTR/-EAGAIN; the stepper
+guest reports when it runs from a SIPI landing page, the reset vector or past its HLT
+(``report``). A report that answers a command ends that command's program.
+
+*Enabled moves.* ``enabled()`` lists every move that can happen now; ``apply(move)`` performs
+one and returns what it showed ({(vcpu, field): value}). A guest instruction needs its vCPU in
+guest mode on its own code path (registers the model knows mean the guest was moved to a reset
+vector or a landing page and runs that instead); no guest code starts while a request is
+pending (KVM handles it before entering the guest). A vCPU ioctl from the host kicks the vCPU's
+thread out of KVM_RUN, performs the ioctl and lets the thread re-enter, as the harness does.
+
+``clone()`` and ``key()`` (hashable) let an explorer merge equal states: the future depends
+only on the machine, the program counters, who waits for a report and the wake-up reports so
+far.
 """
+
+from __future__ import annotations
+
+from typing import NamedTuple
 
 import reference
 from kvmtest import ops as f
-from reference import GUEST, Machine, RunResult
+from kvmtest.guest import layout
+from kvmtest.guest.protocol import COMMAND_ACKS, COMMAND_REPORTS
+from reference import GUEST, Machine, Phase, RunResult
 
-# Guest commands and the report the stepper sends when it finishes one normally.
-COMMAND_REPORTS = {"start": "ready", "x2apic": "x2apic", "spin": "spin", "report": "cs_ip"}
+DELIVERY_NAMES = {v: k.upper() for k, v in f.DELIVERY_MODES.items()}
+
+
+class Move(NamedTuple):
+    """One atomic move. ``thread``: "host", "vcpuN" (its program, or the stepper reacting) or
+    "kvm:vcpuN" (KVM inside that thread). ``end``: the program counter after the command this
+    move belongs to; ``command``: that command's name."""
+
+    thread: str
+    op: str
+    args: tuple
+    label: str
+    end: int = 0
+    command: str = ""
 
 
 def restart_report(machine, vcpu: int) -> str | None:
@@ -44,11 +89,124 @@ def flatten_sregs(sregs: dict) -> dict:
     return out
 
 
-class ModelSide:
-    name = "reference"
+def icr_label(value: int, x2apic: bool) -> str:
+    """'INIT -> APIC 1', 'SIPI 0x20 -> all-but-self': an ICR or MSI data word for people."""
+    mode = DELIVERY_NAMES.get((value >> 8) & 7, "?")
+    vector = f" {value & 0xFF:#x}" if mode == "SIPI" else ""
+    shorthand = (value >> 18) & 3
+    dest = (value >> 32) if x2apic else (value >> 56)
+    target = ("", "self", "all", "all-but-self")[shorthand] or f"APIC {dest}"
+    return f"{mode}{vector} -> {target}"
 
-    def __init__(self, trace: f.Trace, profile: str, flavour: str, cpuid_1_eax, smm: bool):
-        setup = trace.setup
+
+# ----------------------------------------------------------------------------------------------
+# Operations as programs
+
+
+def program(op, thread: str, setup: f.Setup, start: int = 0) -> list[Move]:
+    """The atomic moves of one operation, performed by `thread`; program counters from
+    `start` (so that ``end`` points past this operation in the thread's whole program)."""
+    x2apic = setup.apic == "x2apic"
+    t = thread
+    if op.kind == "icr":
+        v = op.vcpu
+        moves = _command(t, v, "", "icr")
+        moves.append(
+            Move(
+                t,
+                "icr_write",
+                (v, op.value, x2apic),
+                f"vcpu{v} guest writes ICR: " + icr_label(op.value, x2apic),
+                command="icr",
+            )
+        )
+        moves.append(_report_move(t, v, "icr"))
+    elif op.kind == "guest" and op.command == "hlt":
+        v = op.vcpu
+        moves = _command(t, v, "", "hlt") + [
+            Move(t, "hlt_exit", (v,), f"vcpu{v} guest HLT: VM exit, handle_halt", command="hlt"),
+            Move(
+                t, "emulate_halt", (v,), f"vcpu{v} kvm_emulate_halt writes mp_state", command="hlt"
+            ),
+            Move(
+                t, "wait_report", (v,), f"vcpu{v} stepper waits for its HLT report", command="hlt"
+            ),
+        ]
+    elif op.kind == "guest" and op.command in ("spin", "report", "x2apic"):
+        v, command = op.vcpu, op.command
+        moves = _command(t, v, f" ({command})", command)
+        if command == "x2apic":
+            moves.append(
+                Move(
+                    t, "enable_x2apic", (v,), f"vcpu{v} guest sets APIC_BASE.EXTD", command=command
+                )
+            )
+        moves.append(_report_move(t, v, command))
+    elif op.kind == "guest" and op.command == "start":
+        v = op.vcpu
+        moves = [
+            Move(
+                t, "start_run", (v,), f"vcpu{v} enters KVM_RUN for the first time", command="start"
+            ),
+            Move(
+                t,
+                "wait_report",
+                (v,),
+                f"vcpu{v} stepper waits for its first report",
+                command="start",
+            ),
+        ]
+    else:
+        moves = [Move(t, "host", (op,), _host_label(op, t))]
+    end = start + len(moves)
+    return [m._replace(end=end) for m in moves]
+
+
+def _command(thread: str, vcpu: int, what: str, command: str) -> list[Move]:
+    """How every stepper command starts: the thread enters KVM_RUN, the guest runs."""
+    return [
+        Move(
+            thread,
+            "run_entry",
+            (vcpu,),
+            f"vcpu{vcpu} enters KVM_RUN for its next command",
+            command=command,
+        ),
+        Move(thread, "guest_runs", (vcpu,), f"vcpu{vcpu} guest runs{what}", command=command),
+    ]
+
+
+def _report_move(thread: str, vcpu: int, command: str) -> Move:
+    return Move(
+        thread,
+        "kick_out",
+        (vcpu,),
+        f"vcpu{vcpu} guest reports (port I/O), leaves KVM_RUN",
+        command=command,
+    )
+
+
+def _host_label(op, thread: str) -> str:
+    who = "host" if thread == "host" else thread
+    if op.kind == "msi":
+        what = icr_label(op.data, False).split(" -> ")[0]
+        return f"{who} KVM_SIGNAL_MSI {what} -> APIC {(op.address_lo >> 12) & 0xFF}"
+    if op.kind == "set_mp_state":
+        name = f.MP_STATE_NAMES.get(op.state, op.state)
+        return f"{who} KVM_SET_MP_STATE vcpu{op.vcpu} {name}"
+    if op.kind == "get_mp_state":
+        return f"{who} KVM_GET_MP_STATE vcpu{op.vcpu}"
+    return f"{who} {op.kind}"
+
+
+# ----------------------------------------------------------------------------------------------
+# The system
+
+
+class System:
+    """The reference machine, the stepper guest on every vCPU, and each thread's program."""
+
+    def __init__(self, setup: f.Setup, profile, flavour: str, cpuid_1_eax, smm: bool):
         self.setup = setup
         self.machine = Machine(
             nr_vcpus=setup.vcpus,
@@ -58,8 +216,11 @@ class ModelSide:
             cpuid_1_eax=cpuid_1_eax,
             smm=smm,
         )
-        self.inside = set()  # vCPUs whose thread is inside KVM_RUN (a command in progress)
-        self.command = {}  # vCPU -> the stepper command in progress
+        self.programs: dict[str, tuple] = {}  # thread -> its moves, in order
+        self.pcs: dict[str, int] = {}  # thread -> index of its next move
+        self.waiting: frozenset = frozenset()  # vCPUs that report once they run again
+        self.landed: frozenset = frozenset()  # (vcpu, how): wake-up reports so far
+        self.reports: list = []  # (vcpu, what) in order, acknowledgements included
         if setup.apic == "x2apic" and setup.guest == "none":
             for vcpu in range(setup.vcpus):
                 self.machine.enable_x2apic(vcpu)  # the host sets APIC_BASE.EXTD
@@ -72,28 +233,231 @@ class ModelSide:
     def _loader_registers(self) -> None:
         """Mirror GuestVm's KVM_SET_SREGS/SET_REGS on the BSP: real mode at 0:ENTRY_BSP, FS
         based at the xAPIC page (kvmtest/guest/loader.py)."""
-        from kvmtest import guest
-
         m = self.machine
         sregs = m.vcpus[0].regs
         segments = {
             name: sregs[name]._replace(selector=0, base=0, limit=0xFFFF)
             for name in ("cs", "ds", "es", "ss", "gs", "fs")
         }
-        segments["fs"] = segments["fs"]._replace(base=guest.XAPIC_BASE)
+        segments["fs"] = segments["fs"]._replace(base=layout.XAPIC_BASE)
         m.set_sregs(0, **segments)
-        m.set_regs(0, rip=guest.ENTRY_BSP, rflags=0x2)
+        m.set_regs(0, rip=layout.ENTRY_BSP, rflags=0x2)
 
-    # --- host ioctls ---------------------------------------------------------------------------
+    # ------------------------------------------------------------------ state
 
-    def msi(self, step: f.Msi) -> dict:
-        return {
-            (None, "result"): self.machine.signal_msi(step.address_lo, step.address_hi, step.data)
-        }
+    def clone(self) -> System:
+        s = System.__new__(System)
+        s.__dict__.update(self.__dict__)
+        s.machine = self.machine.clone()
+        s.programs = dict(self.programs)
+        s.pcs = dict(self.pcs)
+        s.reports = list(self.reports)
+        return s
 
-    def observe(self, vcpu: int, read: tuple) -> dict:
+    def key(self) -> tuple:
+        return (self.machine.key(), tuple(self.pcs.items()), self.waiting, self.landed)
+
+    def load(self, op, thread: str | None = None) -> None:
+        """Append `op` to the program of the thread that performs it (default: ``op.thread``).
+        A vCPU thread runs one stepper command at a time, as the real stepper does."""
+        thread = thread or op.thread
+        moves = self.programs.get(thread, ())
+        pc = self.pcs.get(thread, 0)
+        if pc < len(moves) and thread != "host" and moves[pc].command:
+            raise reference.ModelError(f"{thread} is still busy with {moves[pc].command}")
+        self.programs[thread] = moves + tuple(program(op, thread, self.setup, len(moves)))
+        self.pcs.setdefault(thread, 0)
+
+    def load_branch(self, thread: str, ops) -> None:
+        """A concurrent block's branch: all of its operations become the thread's program at
+        once (they run one after another, each waiting for its report)."""
+        moves = self.programs.pop(thread, ())  # re-inserted: threads list in branch order
+        for op in ops:
+            moves += tuple(program(op, thread, self.setup, len(moves)))
+        self.programs[thread] = moves
+        self.pcs.setdefault(thread, 0)
+
+    def busy(self) -> set[int]:
+        """vCPUs whose thread is inside a stepper command (entered KVM_RUN for it, not yet
+        reported) or waits for its report."""
+        return set(self.waiting) | self._mid_command()
+
+    def _mid_command(self) -> set[int]:
+        out = set()
+        for thread, moves in self.programs.items():
+            pc = self.pcs[thread]
+            if thread != "host" and pc < len(moves) and moves[pc].command:
+                if moves[pc].op not in ("run_entry", "start_run"):
+                    out.add(moves[pc].args[0])
+        return out
+
+    def finished(self) -> bool:
+        return all(self.pcs[t] >= len(p) for t, p in self.programs.items())
+
+    def stuck(self) -> tuple[str, ...]:
+        """Threads that did not finish their program, with the move they wait at."""
+        return tuple(
+            f"{thread} stuck before: {moves[self.pcs[thread]].label}"
+            for thread, moves in self.programs.items()
+            if self.pcs[thread] < len(moves)
+        )
+
+    # ------------------------------------------------------------------ what can happen now
+
+    def enabled(self) -> list[Move]:
+        """Every move that can happen now: programs first (in thread order), then reactions."""
         m = self.machine
-        resume = self._pause(vcpu)
+        moves = []
+        for thread, program_ in self.programs.items():
+            pc = self.pcs[thread]
+            if pc < len(program_):
+                move = program_[pc]
+                if move.op == "wait_report":
+                    if move.args[0] not in self.waiting:
+                        moves.append(move)
+                elif self._program_move_enabled(move):
+                    moves.append(move)
+        reactions = m.pending_steps()
+        # KVM processes a pending request (KVM_REQ_EVENT) before it enters the guest, so no guest
+        # code starts to run while one is pending; code already running may still act (the kick
+        # that forces the VM exit is asynchronous).
+        entering = {vcpu for vcpu, name in reactions if name == "guest_event"}
+        moves = [mv for mv in moves if not (mv.op == "guest_runs" and mv.args[0] in entering)]
+        for vcpu, name in reactions:
+            moves.append(Move(f"kvm:vcpu{vcpu}", name, (vcpu,), _reaction_label(vcpu, name)))
+        mid_command = self._mid_command()
+        for vcpu in sorted(mid_command - self.waiting - entering):
+            if m.run_status(vcpu) is RunResult.RUNS and m.vcpus[vcpu].regs["rip"] is not GUEST:
+                moves.append(Move(f"vcpu{vcpu}", "report", (vcpu,), ""))
+        for vcpu in sorted((self.waiting | mid_command) - entering):
+            status = m.run_status(vcpu)
+            if status in (RunResult.EAGAIN, RunResult.EINTR):
+                moves.append(
+                    Move(
+                        f"vcpu{vcpu}",
+                        "reenter",
+                        (vcpu,),
+                        f"vcpu{vcpu} KVM_RUN returned {status}; userspace re-enters",
+                    )
+                )
+            elif status is RunResult.RUNS and vcpu in self.waiting:
+                moves.append(Move(f"vcpu{vcpu}", "report", (vcpu,), ""))
+        return moves
+
+    def _program_move_enabled(self, move: Move) -> bool:
+        vcpus = self.machine.vcpus
+        op = move.op
+        if op == "host":
+            return True
+        v = move.args[0]
+        phase = vcpus[v].phase
+        if op in ("run_entry", "start_run"):
+            return phase == Phase.OUT
+        if op == "emulate_halt":
+            return phase == Phase.HALT_EXIT
+        # Guest instructions. After an INIT reset or a SIPI the guest runs the reset ROM or a
+        # landing page, not the rest of its command: that is a report, not these moves.
+        return phase == Phase.GUEST and vcpus[v].mp_state == 0 and vcpus[v].regs["rip"] is GUEST
+
+    # ------------------------------------------------------------------ performing a move
+
+    def apply(self, move: Move) -> dict:
+        """Perform one enabled move; return what it showed, {(vcpu, field): value}."""
+        m = self.machine
+        op, args = move.op, move.args
+        if move.thread.startswith("kvm:"):
+            m.step(args[0], op)
+            return {}
+        if op == "reenter":
+            m.enter_run(args[0])
+            return {}
+        if op == "report":
+            self._stepper_reports(args[0])
+            return {}
+        self.pcs[move.thread] += 1
+        if op == "host":
+            return self._host(args[0])
+        if op == "start_run":
+            m.apply(reference.Step("run_entry", args))
+            self.waiting |= {args[0]}  # the stepper reports once the vCPU runs
+        elif op == "kick_out":
+            self._command_report(args[0], move.command)
+        elif op == "icr_write":
+            count = m.icr_write(*args)
+            if count == "#GP":
+                # A WRMSR that faults (#GP, reserved ICR bits, rule 40) lands in the stepper's
+                # exception handler, which reports the vector and goes back to its loop.
+                self.pcs[move.thread] = move.end
+                self._report(args[0], "exception 0xd")
+        elif op == "emulate_halt":
+            m.apply(reference.Step(op, args))
+            self.waiting |= {args[0]}  # the stepper reports once the vCPU runs again
+        elif op != "wait_report":
+            m.apply(reference.Step(op, args))
+        return {}
+
+    def _command_report(self, vcpu: int, command: str) -> None:
+        if command == "start" and vcpu == 0 and self.setup.apic == "x2apic":
+            self.machine.enable_x2apic(0)  # GuestVm.start() switches the BSP to x2APIC
+        self._report(vcpu, COMMAND_REPORTS.get(command, command))
+
+    def _stepper_reports(self, vcpu: int) -> None:
+        """The guest runs again on its own (a landing page, the reset ROM, past its HLT, its
+        first instructions) and reports; that report answers the command in progress."""
+        m = self.machine
+        thread = f"vcpu{vcpu}"
+        program_, pc = self.programs.get(thread, ()), self.pcs.get(thread, 0)
+        command = program_[pc].command if pc < len(program_) else ""
+        how = restart_report(m, vcpu)
+        if how is None:
+            how = {"hlt": "hlt", "start": "ready"}.get(command, "woke")
+        m.guest_runs(vcpu)
+        if how == "ready":
+            self._command_report(vcpu, "start")
+        else:
+            self._report(vcpu, how)
+            if how not in COMMAND_ACKS:
+                self.landed |= {(vcpu, how)}
+        if pc < len(program_) and program_[pc].op not in ("run_entry", "start_run"):
+            self.pcs[thread] = program_[pc].end  # that report answers the command
+
+    def _report(self, vcpu: int, what: str) -> None:
+        """The guest reported by port I/O: its thread is out of KVM_RUN."""
+        self.machine.kick_out(vcpu)
+        self.waiting -= {vcpu}
+        self.reports.append((vcpu, what))
+
+    # ------------------------------------------------------------------ host operations
+
+    def _host(self, op) -> dict:
+        return HOST_OPS[op.kind](self, op)
+
+    def _paused(self, vcpu: int, function, *args, **kwargs):
+        """A vCPU ioctl: kick the thread out of KVM_RUN if it is in (host findings 2),
+        perform, and let it re-enter."""
+        m = self.machine
+        inside = m.vcpus[vcpu].phase != Phase.OUT
+        if inside:
+            m.kick_out(vcpu)
+        try:
+            return function(vcpu, *args, **kwargs)
+        finally:
+            if inside:
+                m.apply(reference.Step("run_entry", (vcpu,)))
+
+    def _msi(self, op) -> dict:
+        return {(None, "result"): self.machine.signal_msi(op.address_lo, op.address_hi, op.data)}
+
+    def _observe(self, op) -> dict:
+        out = {}
+        for vcpu in op.vcpus:
+            for name, value in self._paused(vcpu, self._read, op.read).items():
+                if op.keeps(name):
+                    out[(vcpu, name)] = value
+        return out
+
+    def _read(self, vcpu: int, read: tuple) -> dict:
+        m = self.machine
         out = {}
         for what in read:
             if what == "mp_state":
@@ -107,97 +471,31 @@ class ModelSide:
                 out["events.sipi_vector"] = events["sipi_vector"]
                 out["events.latched_init"] = events["smi"]["latched_init"]
                 out["events.smm"] = events["smi"]["smm"]
-        if resume:
-            self._resume(vcpu)
         return out
 
-    def get_mp_state(self, vcpu: int) -> dict:
-        resume = self._pause(vcpu)
-        value = int(self.machine.get_mp_state(vcpu))
-        if resume:
-            self._resume(vcpu)
-        return {(vcpu, "mp_state"): value}
+    def _get_mp_state(self, op) -> dict:
+        return {(op.vcpu, "mp_state"): int(self._paused(op.vcpu, self.machine.get_mp_state))}
 
-    def set_mp_state(self, vcpu: int, state: int) -> dict:
-        return {(vcpu, "result"): self._paused(vcpu, self.machine.set_mp_state, state)}
+    def _set_mp_state(self, op) -> dict:
+        return {(op.vcpu, "result"): self._paused(op.vcpu, self.machine.set_mp_state, op.state)}
 
-    def set_vcpu_events(self, step: f.SetVcpuEvents) -> dict:
+    def _set_vcpu_events(self, op) -> dict:
+        m = self.machine
         flags, kwargs = 0, {}
-        if step.sipi_vector is not None:
+        if op.sipi_vector is not None:
             flags |= reference.profiles.VALID_SIPI_VECTOR
-            kwargs["sipi_vector"] = step.sipi_vector
-        if step.latched_init is not None or step.smm is not None:
+            kwargs["sipi_vector"] = op.sipi_vector
+        if op.latched_init is not None or op.smm is not None:
             flags |= reference.profiles.VALID_SMM
-            events = self._paused(step.vcpu, self.machine.get_vcpu_events)
-            kwargs["smm"] = events["smi"]["smm"] if step.smm is None else step.smm
+            events = self._paused(op.vcpu, m.get_vcpu_events)
+            kwargs["smm"] = events["smi"]["smm"] if op.smm is None else op.smm
             kwargs["smi_pending"] = events["smi"]["pending"]
             latched = events["smi"]["latched_init"]
-            kwargs["latched_init"] = latched if step.latched_init is None else step.latched_init
-        result = self._paused(step.vcpu, self.machine.set_vcpu_events, flags=flags, **kwargs)
-        return {(step.vcpu, "result"): result}
+            kwargs["latched_init"] = latched if op.latched_init is None else op.latched_init
+        result = self._paused(op.vcpu, m.set_vcpu_events, flags=flags, **kwargs)
+        return {(op.vcpu, "result"): result}
 
-    def set_lapic(self, vcpu: int) -> dict:
-        return {(vcpu, "result"): self._paused(vcpu, self.machine.set_lapic)}
-
-    def smi(self, vcpu: int) -> dict:
-        return {(vcpu, "result"): self._paused(vcpu, self.machine.smi)}
-
-    def nmi(self, vcpu: int) -> dict:
-        return {(vcpu, "result"): self._paused(vcpu, self.machine.nmi)}
-
-    # --- guest commands ------------------------------------------------------------------------
-
-    def guest(self, step) -> dict:
-        """A stepper command: the vCPU's thread enters KVM_RUN and the guest acts."""
-        m, vcpu = self.machine, step.vcpu
-        if vcpu in self.inside:
-            raise reference.ModelError(f"vCPU {vcpu} is still busy with {self.command[vcpu]}")
-        kind = "icr" if isinstance(step, f.Icr) else step.command
-        self.command[vcpu] = kind
-        self.inside.add(vcpu)
-        result = m.enter_run(vcpu)
-        if result is not RunResult.RUNS:
-            return {}  # blocked (an AP not yet started) or refused: reports come later
-        if self._reset_or_landing(vcpu):
-            return {}  # the INIT/SIPI pending at entry wins over the command
-        m.guest_runs(vcpu)
-        if kind == "icr":
-            count = m.icr_write(vcpu, step.value, self.setup.apic == "x2apic")
-            # A WRMSR that faults (#GP, reserved ICR bits, rule 40) lands in the stepper's
-            # exception handler, which reports the vector and goes back to its loop.
-            self._report(vcpu, "exception 0xd" if count == "#GP" else "icr")
-            return {}
-        if kind == "x2apic":
-            m.enable_x2apic(vcpu)
-        if kind == "hlt":
-            m.guest_hlt(vcpu)
-            if m.run_status(vcpu) is RunResult.RUNS:  # HLT with events pending: no sleep
-                self._report(vcpu, "hlt")
-            return {}
-        if kind == "start" and vcpu == 0 and self.setup.apic == "x2apic":
-            m.enable_x2apic(0)  # GuestVm.start() switches the BSP to x2APIC
-        self._report(vcpu, COMMAND_REPORTS.get(kind, kind))
-        return {}
-
-    def _report(self, vcpu: int, what: str) -> None:
-        """The guest reported by port I/O: its thread is out of KVM_RUN, the command done."""
-        self.machine.kick_out(vcpu)
-        self.inside.discard(vcpu)
-        self.command.pop(vcpu, None)
-        self.reports[vcpu] = what
-
-    def _reset_or_landing(self, vcpu: int) -> bool:
-        """If the vCPU now runs from the reset vector or a SIPI landing page, the guest reports
-        that; returns True then. Registers the model knows mean a reset or SIPI since the guest
-        last ran (guest_runs turns everything into GUEST)."""
-        what = restart_report(self.machine, vcpu)
-        if what is None:
-            return False
-        self.machine.guest_runs(vcpu)
-        self._report(vcpu, what)
-        return True
-
-    def smp_boot(self, step: f.SmpBoot) -> dict:
+    def _smp_boot(self, op) -> dict:
         """What guests/src/smp.s does, with every AP reacting as soon as it can: the BSP sends
         INIT-SIPI-SIPI per APIC ID (or INIT and SIPI to all-but-self); each AP lands, counts
         itself online and parks in HLT. The end state does not depend on the timing."""
@@ -205,97 +503,77 @@ class ModelSide:
         aps = range(1, len(m.vcpus))
         for ap in aps:
             m.enter_run(ap)
-            self.inside.add(ap)
-            self.command[ap] = "smp"
         m.enter_run(0)
         m.guest_runs(0)
         if x2apic:
             m.enable_x2apic(0)
-        self.online = 0
+        online = 0
 
         def send(low: int, dest: int) -> None:
+            nonlocal online
             m.icr_write(0, (dest << 32 if x2apic else dest << 56) | low, x2apic)
-            self._smp_settle()
+            online += self._smp_settle(aps)
 
-        if step.broadcast:
+        if op.broadcast:
             send(0x000C4500, 0)
-            send(0x000C4600 | step.vector, 0)
+            send(0x000C4600 | op.vector, 0)
         else:
             for ap in aps:
                 send(0x00004500, ap)
-                send(0x00004600 | step.vector, ap)
-                send(0x00004600 | step.vector, ap)
+                send(0x00004600 | op.vector, ap)
+                send(0x00004600 | op.vector, ap)
         for vcpu in [0, *aps]:  # smp_boot() stops every thread after the BSP's report
             m.kick_out(vcpu)
-            self.inside.discard(vcpu)
-        return {(None, "smp.online"): self.online, (None, "smp.expected"): len(aps)}
+        return {(None, "smp.online"): online, (None, "smp.expected"): len(aps)}
 
-    def _smp_settle(self) -> None:
-        m = self.machine
+    def _smp_settle(self, aps) -> int:
+        """Let every AP react to the last IPI; returns how many came online meanwhile."""
+        m, online = self.machine, 0
         for _ in range(16 * len(m.vcpus)):
             m.settle()
             moved = False
-            for ap in sorted(self.inside):
+            for ap in aps:
                 status = m.run_status(ap)
                 if status in (RunResult.EAGAIN, RunResult.EINTR):
                     m.enter_run(ap)
                     moved = True
                 elif status is RunResult.RUNS:
                     if m.vcpus[ap].regs["rip"] == 0:
-                        self.online += 1  # landed: lock incw SMP_ONLINE
+                        online += 1  # landed: lock incw SMP_ONLINE
                     m.guest_runs(ap)
                     m.guest_hlt(ap)  # PARK
                     moved = True
             if not moved:
-                return
+                return online
         raise reference.ModelError("smp boot: the APs do not settle")
 
-    # --- the threads inside KVM_RUN ------------------------------------------------------------
 
-    def begin_step(self) -> None:
-        self.reports = {}
+def _vcpu_ioctl(name: str):
+    """A host operation that is one vCPU ioctl whose return value is all it shows."""
 
-    def settle(self) -> dict:
-        """Let every thread inside KVM_RUN react; return the reports the step caused."""
-        m = self.machine
-        for _ in range(4 * len(m.vcpus) + 4):
-            m.settle()
-            changed = False
-            for vcpu in sorted(self.inside):
-                status = m.run_status(vcpu)
-                if status is RunResult.EAGAIN or status is RunResult.EINTR:
-                    m.enter_run(vcpu)  # the stepper re-enters KVM_RUN at once
-                    changed = True
-                elif status is RunResult.RUNS:
-                    if not self._reset_or_landing(vcpu):
-                        m.guest_runs(vcpu)  # woken from HLT: the instruction after it
-                        self._report(vcpu, "hlt" if self.command.get(vcpu) == "hlt" else "woke")
-                    changed = True
-            if not changed:
-                break
-        out = {(vcpu, "report"): what for vcpu, what in self.reports.items()}
-        for vcpu in self.inside:
-            if m.run_status(vcpu) is RunResult.BLOCKED:
-                out[(vcpu, "thread")] = "blocked"  # asleep inside KVM_RUN (HLT, U, IR)
-        return out
+    def perform(system: System, op) -> dict:
+        return {(op.vcpu, "result"): system._paused(op.vcpu, getattr(system.machine, name))}
 
-    def _pause(self, vcpu: int) -> bool:
-        """Kick a vCPU out of KVM_RUN for a vCPU ioctl (host findings 2); True if it was in."""
-        if vcpu not in self.inside:
-            return False
-        self.machine.kick_out(vcpu)
-        return True
+    return perform
 
-    def _resume(self, vcpu: int) -> None:
-        self.machine.enter_run(vcpu)
 
-    def _paused(self, vcpu: int, function, *args, **kwargs):
-        resume = self._pause(vcpu)
-        try:
-            return function(vcpu, *args, **kwargs)
-        finally:
-            if resume:
-                self._resume(vcpu)
+# Host operations by kind: what the host's thread does for each (the one dispatch table).
+HOST_OPS = {
+    "msi": System._msi,
+    "observe": System._observe,
+    "get_mp_state": System._get_mp_state,
+    "set_mp_state": System._set_mp_state,
+    "set_vcpu_events": System._set_vcpu_events,
+    "set_lapic": _vcpu_ioctl("set_lapic"),
+    "smi": _vcpu_ioctl("smi"),
+    "nmi": _vcpu_ioctl("nmi"),
+    "smp_boot": System._smp_boot,
+}
 
-    def close(self) -> None:
-        pass
+
+def _reaction_label(vcpu: int, name: str) -> str:
+    return {
+        "guest_event": f"vcpu{vcpu} (in KVM) processes KVM_REQ_EVENT before entering the guest",
+        "wake": f"vcpu{vcpu} (in KVM) wakes from kvm_vcpu_block",
+        "wake_uninit": f"vcpu{vcpu} (in KVM) wakes in the UNINITIALIZED branch",
+    }.get(name, f"vcpu{vcpu} (in KVM) {name}")

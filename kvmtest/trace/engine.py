@@ -1,11 +1,15 @@
-"""Replaying one trace: the model predicts, KVM performs, every difference is a Mismatch.
+"""Replaying one trace: the simulated system predicts, KVM performs, every difference is a
+Mismatch.
 
-For each step the model side runs first and returns what it predicts, keyed (vcpu, field);
-the kvm side then performs the step and returns what it saw under the same keys. Values the
-model does not know (GUEST: the guest ran code) are not compared. With the reference backend
-only the model runs, and the trace's pinned expectations (observe.expect) are what it is
-checked against.
+For each operation the sequential scheduler (kvmtest.sim.schedule) runs first and returns what
+it predicts, keyed (vcpu, field); the kvm side (kvmtest.exec.kvm) then performs the operation,
+settles by what it observes (never by the prediction) and returns what it saw under the same
+keys. A key on either side only is a mismatch. Values the model does not know (GUEST: the guest
+ran code) are not compared, and counted. With the reference backend only the model runs, and
+the trace's pinned expectations (observe.expect) are what it is checked against.
 """
+
+from __future__ import annotations
 
 import random
 import threading
@@ -16,7 +20,9 @@ import reference
 from kvmtest import ops as f
 from kvmtest.guest import GuestError
 from kvmtest.kvm import KvmError
-from kvmtest.sim.system import ModelSide
+from kvmtest.sim.explore import ExploreError, Explorer, Outcome
+from kvmtest.sim.schedule import Sequential
+from kvmtest.sim.system import System
 from reference import GUEST
 
 from .result import Mismatch, Status, TraceResult
@@ -58,46 +64,51 @@ def missing_requirement(trace: f.Trace, host: HostContext) -> str | None:
     return None
 
 
-def _outputs(side, step) -> dict:
-    """Apply one step to a side; return {(vcpu, field): value}."""
-    if isinstance(step, f.Msi):
-        return side.msi(step)
-    if isinstance(step, f.Observe):
-        out = {}
-        for vcpu in step.vcpus:
-            for name, value in side.observe(vcpu, step.read).items():
-                if step.fields is None or name in step.fields:
-                    out[(vcpu, name)] = value
-        return out
-    if isinstance(step, f.GetMpState):
-        return side.get_mp_state(step.vcpu)
-    if isinstance(step, f.SetMpState):
-        return side.set_mp_state(step.vcpu, step.state)
-    if isinstance(step, f.SetVcpuEvents):
-        return side.set_vcpu_events(step)
-    if isinstance(step, f.SetLapic):
-        return side.set_lapic(step.vcpu)
-    if isinstance(step, f.Smi):
-        return side.smi(step.vcpu)
-    if isinstance(step, f.Nmi):
-        return side.nmi(step.vcpu)
-    if isinstance(step, (f.Icr, f.GuestCommand)):
-        return side.guest(step)
-    if isinstance(step, f.SmpBoot):
-        return side.smp_boot(step)
-    raise NotImplementedError(f"{step.kind} steps are not replayed yet")
+def profile_label(profile) -> str:
+    """How a profile is named in reports: its name, plus any --set changes."""
+    profile = reference.get_profile(profile)
+    return getattr(profile, "label", profile.name)
 
 
-def _compare(trace, index, step, expected: dict, observed: dict) -> list:
-    mismatches = []
-    for key in sorted(expected.keys() | observed.keys(), key=_key_order):
-        vcpu, field = key
-        default = "none" if field == "report" else MISSING
-        want, got = expected.get(key, default), observed.get(key, default)
-        if want is GUEST or want == got:
-            continue
-        mismatches.append(Mismatch(index, trace.location(step), vcpu, field, want, got))
-    return mismatches
+class _Judge:
+    """Compares predictions with observations for one trace and keeps the counts."""
+
+    def __init__(self, trace: f.Trace, result: TraceResult):
+        self.trace = trace
+        self.result = result
+
+    def compare(self, index: int, step, expected: dict, observed: dict) -> None:
+        result = self.result
+        for key in sorted(expected.keys() | observed.keys(), key=_key_order):
+            vcpu, field = key
+            default = "none" if field == "report" else MISSING
+            want, got = expected.get(key, default), observed.get(key, default)
+            if want is GUEST:
+                result.not_compared += 1  # the guest ran code: the model does not know
+                continue
+            result.compared += 1
+            if want != got:
+                result.mismatches.append(
+                    Mismatch(index, self.trace.location(step), vcpu, field, want, got)
+                )
+
+    def check_pins(self, index: int, step, predicted: dict) -> None:
+        """observe.expect: hand-written values that the model's prediction must equal."""
+        for vcpu, pins in step.expect.items():
+            for name, pinned in pins.items():
+                value = predicted.get((vcpu, name), MISSING)
+                self.result.pins_checked += 1
+                if value != pinned:
+                    self.result.mismatches.append(
+                        Mismatch(
+                            index,
+                            self.trace.location(step),
+                            vcpu,
+                            f"{name} (model vs pin)",
+                            pinned,
+                            value,
+                        )
+                    )
 
 
 def _key_order(key):
@@ -105,72 +116,64 @@ def _key_order(key):
     return (-1 if vcpu is None else vcpu, field)
 
 
-def _check_pins(trace, index, step, predicted: dict) -> list:
-    """observe.expect: hand-written values that the model's prediction must equal."""
-    mismatches = []
-    for vcpu, pins in step.expect.items():
-        for name, pinned in pins.items():
-            value = predicted.get((vcpu, name), MISSING)
-            if value != pinned:
-                mismatches.append(
-                    Mismatch(
-                        index, trace.location(step), vcpu, f"{name} (model vs pin)", pinned, value
-                    )
-                )
-    return mismatches
-
-
-def run_trace(trace: f.Trace, profile: str, host: HostContext, repeat: int = 0) -> TraceResult:
-    """Replay `trace` under `profile`; never raises for a problem in the trace or the host."""
+def run_trace(trace: f.Trace, profile, host: HostContext, repeat: int = 0) -> TraceResult:
+    """Replay `trace` under `profile` (a name or a reference.Profile); never raises for a
+    problem in the trace or the host."""
     start = time.perf_counter()
-    result = TraceResult.of(trace, profile, host.backend, repeat)
-    if not trace.applies_to(profile):
-        result.status, result.message = Status.SKIP, f"does not apply to profile {profile}"
+    profile = reference.get_profile(profile)
+    result = TraceResult.of(trace, profile_label(profile), host.backend, repeat)
+    if not trace.applies_to(profile.name):
+        result.status, result.message = Status.SKIP, f"does not apply to profile {profile.name}"
         return result
     reason = missing_requirement(trace, host)
     if reason:
         result.status, result.message = Status.SKIP, reason
         return result
-    model = real = None
+    real = None
     index, step = 0, None
+    judge = _Judge(trace, result)
     try:
-        model = ModelSide(trace, profile, host.flavour, host.cpuid_1_eax, host.smm)
+        system = System(trace.setup, profile, host.flavour, host.cpuid_1_eax, host.smm)
+        model = Sequential(system)
         if host.backend == "kvm":
             from kvmtest.exec.kvm import KvmSide
 
             real = KvmSide(host.kvm, trace, host.cpuid)
-        check_pins = profile in trace.pinned_profiles
+        check_pins = profile.name in trace.pinned_profiles
         for index, step in enumerate(trace.steps):
-            if isinstance(step, f.Concurrently):
-                _concurrent(trace, index, step, model, real, profile, host, result, check_pins)
+            if step.kind == "concurrently":
+                _concurrent(trace, index, step, system, real, profile, host, result, check_pins)
                 break  # the block's outcome includes the steps after it
-            model.begin_step()
-            predicted = _outputs(model, step)
-            predicted.update(model.settle())
-            if check_pins and isinstance(step, f.Observe):
-                result.mismatches += _check_pins(trace, index, step, predicted)
+            predicted = model.perform(step)
+            if check_pins and step.kind == "observe":
+                judge.check_pins(index, step, predicted)
             if real is not None:
-                observed = _outputs(real, step)
-                observed.update(real.settle(_reports(predicted)))
-                result.mismatches += _compare(trace, index, step, predicted, observed)
+                observed = real.perform(step)
+                observed.update(real.settle())
+                judge.compare(index, step, predicted, observed)
     except reference.ModelError as exc:
         _error(result, trace, index, step, f"model: {exc}")
+    except ExploreError as exc:
+        _error(result, trace, index, step, f"explore: {exc}")
     except (KvmError, GuestError, TimeoutError) as exc:
         _error(result, trace, index, step, f"kvm: {exc}")
-    except NotImplementedError as exc:
-        _error(result, trace, index, step, str(exc))
     except Exception as exc:  # a harness bug: report it, keep the run going
         _error(result, trace, index, step, f"internal error: {type(exc).__name__}: {exc}")
     finally:
-        for side in (real, model):
-            if side is not None:
-                try:
-                    side.close()
-                except Exception as exc:
-                    if result.status is not Status.ERROR:
-                        _error(result, trace, index, step, f"closing the VM: {exc}")
+        if real is not None:
+            try:
+                real.close()
+            except Exception as exc:
+                if result.status is not Status.ERROR:
+                    _error(result, trace, index, step, f"closing the VM: {exc}")
     if result.status is Status.PASS and result.mismatches:
         result.status = Status.FAIL
+    if result.status is Status.PASS and real is None and not result.pins_checked:
+        # Reference only and no pinned value under this profile: the model ran, nothing judged.
+        result.status = Status.SKIP
+        explored = f" ({result.message})" if result.message else ""
+        result.message = f"nothing to check without KVM: no pinned values for {profile.name}"
+        result.message += explored
     result.elapsed = time.perf_counter() - start
     return result
 
@@ -179,28 +182,36 @@ _EXPLORATIONS: dict = {}
 _EXPLORATIONS_LOCK = threading.Lock()
 
 
-def _explore(trace, profile, model, host):
-    """The block's allowed outcomes, explored once per (trace, profile, host) and cached:
+def _explore(trace, profile, system, host):
+    """The block's allowed outcomes, explored once per (trace, profile, host facts) and cached:
     --repeat runs the same exploration thousands of times otherwise."""
-    from kvmtest.sim.explore import Explorer
-
-    key = (trace.path, trace.name, profile, host.flavour, host.cpuid_1_eax)
+    key = (
+        trace.path,
+        trace.name,
+        repr(trace.steps),
+        profile,
+        host.flavour,
+        host.cpuid_1_eax,
+        host.smm,
+    )
     with _EXPLORATIONS_LOCK:
         cached = _EXPLORATIONS.get(key)
     if cached is None:
-        cached = Explorer(trace, profile, host.flavour).run(prefix=model)
+        explorer = Explorer(trace, profile, host.flavour, host.smm, host.cpuid_1_eax)
+        cached = explorer.run(prefix=system)
         with _EXPLORATIONS_LOCK:
             _EXPLORATIONS[key] = cached
     return cached
 
 
-def _concurrent(trace, index, block, model, real, profile, host, result, check_pins) -> None:
+def _concurrent(trace, index, block, system, real, profile, host, result, check_pins) -> None:
     """A concurrent block: the model's allowed outcomes against what KVM shows this time."""
-    exploration = _explore(trace, profile, model, host)
+    exploration = _explore(trace, profile, system, host)
     if real is None:
         shown = "; ".join(f"{n} x {label}" for label, n in exploration.outcomes.items())
         result.message = f"{exploration.interleavings} schedules explored: {shown}"
         if check_pins:  # under the profiles the trace vouches for, properties must hold
+            result.pins_checked += 1
             for label, broken in exploration.violations.items():
                 result.mismatches.append(
                     Mismatch(
@@ -217,19 +228,18 @@ def _concurrent(trace, index, block, model, real, profile, host, result, check_p
     reports = set(real.run_block(block, rng, host.jitter))
     observed: dict = {}
     for step in trace.steps[index + 1 :]:
-        out = _outputs(real, step)
-        for (vcpu, name), value in real.settle({}).items():
+        out = real.perform(step)
+        for (vcpu, name), value in real.settle().items():
             if name == "report":
                 reports.add((vcpu, value))
-        if isinstance(step, f.Observe):
+        if step.kind == "observe":
             observed.update(out)
     reports = frozenset(reports)
+    result.compared += 1
     match = next(
         (label for label, o in exploration.allowed.items() if o.matches(reports, observed)), None
     )
     if match is None:
-        from kvmtest.sim.explore import Outcome
-
         shown = Outcome(
             reports,
             tuple(
@@ -252,10 +262,6 @@ def _concurrent(trace, index, block, model, real, profile, host, result, check_p
     else:
         result.outcomes = {match: 1}
         result.allowed = {label: True for label in exploration.outcomes}
-
-
-def _reports(predicted: dict) -> dict:
-    return {key: value for key, value in predicted.items() if key[1] in ("report", "thread")}
 
 
 def _error(result, trace, index, step, message: str) -> None:

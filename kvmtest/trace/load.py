@@ -213,10 +213,10 @@ def _msi(ctx, value, line) -> f.Msi:
         if fields & value.keys():
             raise ctx.error(line, "msi: give either address_lo/address_hi/data or dest/delivery")
         return f.Msi(
-            line,
             ctx.integer(value.get("address_lo", 0xFEE00000), "address_lo", line, 0, 0xFFFFFFFF),
             ctx.integer(value.get("address_hi", 0), "address_hi", line, 0, 0xFFFFFFFF),
             ctx.integer(value.get("data", 0), "data", line, 0, 0xFFFFFFFF),
+            line=line,
         )
     if "dest" not in value or "delivery" not in value:
         raise ctx.error(line, "msi: needs dest and delivery (or raw address_lo/data)")
@@ -234,7 +234,7 @@ def _msi(ctx, value, line) -> f.Msi:
         | level << 14
         | (trigger == "level") << 15
     )
-    return f.Msi(line, address, 0, data)
+    return f.Msi(address, 0, data, line=line)
 
 
 def icr_value(ctx, value, line, apic: str) -> int:
@@ -287,7 +287,7 @@ def _vcpus(ctx, value, line) -> tuple:
 
 def _observe(ctx, value, line) -> f.Observe:
     if not isinstance(value, dict):
-        return f.Observe(line, _vcpus(ctx, value, line))
+        return f.Observe(_vcpus(ctx, value, line), line=line)
     value = ctx.mapping(value, "observe", line, {"vcpus", "vcpu", "read", "fields", "expect"})
     line = value.get(LINE, line)
     vcpus = _vcpus(ctx, value.get("vcpus", value.get("vcpu")), line)
@@ -324,7 +324,7 @@ def _observe(ctx, value, line) -> f.Observe:
                 if name == "mp_state":
                     pinned = _mp_state(ctx, pinned, line)
                 expect[vcpu][name] = ctx.integer(pinned, f"expect {name}", line, 0, (1 << 64) - 1)
-    return f.Observe(line, vcpus, read, fields, expect)
+    return f.Observe(vcpus, read, fields, expect, line=line)
 
 
 def _step(ctx, value, line, setup: f.Setup, nested: bool, thread: str | None = None):
@@ -345,17 +345,17 @@ def _step(ctx, value, line, setup: f.Setup, nested: bool, thread: str | None = N
     if kind == "icr":
         body = ctx.mapping(body, "icr", line, set(), set()) if not isinstance(body, dict) else body
         vcpu = ctx.vcpu(body.get("vcpu"), "icr.vcpu", line)
-        return f.Icr(line, vcpu, icr_value(ctx, body, line, setup.apic))
+        return f.Icr(vcpu, icr_value(ctx, body, line, setup.apic), line=line)
     if kind == "observe":
         return _observe(ctx, body, line)
     if kind in ("get_mp_state", "set_lapic", "smi", "nmi"):
         vcpu = ctx.vcpu(body, kind, line)
         cls = {"get_mp_state": f.GetMpState, "set_lapic": f.SetLapic, "smi": f.Smi, "nmi": f.Nmi}
-        return cls[kind](line, vcpu)
+        return cls[kind](vcpu, line=line)
     if kind == "set_mp_state":
         body = ctx.mapping(body, kind, line, {"vcpu", "state"}, {"vcpu", "state"})
         return f.SetMpState(
-            line, ctx.vcpu(body["vcpu"], "vcpu", line), _mp_state(ctx, body["state"], line)
+            ctx.vcpu(body["vcpu"], "vcpu", line), _mp_state(ctx, body["state"], line), line=line
         )
     if kind == "set_vcpu_events":
         body = ctx.mapping(
@@ -366,13 +366,13 @@ def _step(ctx, value, line, setup: f.Setup, nested: bool, thread: str | None = N
             for k in ("sipi_vector", "latched_init", "smm")
             if k in body
         }
-        return f.SetVcpuEvents(line, ctx.vcpu(body["vcpu"], "vcpu", line), **opt)
+        return f.SetVcpuEvents(ctx.vcpu(body["vcpu"], "vcpu", line), **opt, line=line)
     if kind in GUEST_COMMANDS:
         if kind == "spin":
             body = ctx.mapping(body, kind, line, {"vcpu", "iterations"}, {"vcpu", "iterations"})
             iterations = ctx.integer(body["iterations"], "spin.iterations", line, 0, 100_000)
-            return f.GuestCommand(line, ctx.vcpu(body["vcpu"], "vcpu", line), kind, iterations)
-        return f.GuestCommand(line, ctx.vcpu(body, kind, line), kind)
+            return f.GuestCommand(ctx.vcpu(body["vcpu"], "vcpu", line), kind, iterations, line=line)
+        return f.GuestCommand(ctx.vcpu(body, kind, line), kind, line=line)
     if kind == "smp_boot":
         if setup.guest != "smp-boot":
             raise ctx.error(line, "step 'smp_boot' needs setup.guest: smp-boot")
@@ -381,7 +381,7 @@ def _step(ctx, value, line, setup: f.Setup, nested: bool, thread: str | None = N
         if not isinstance(broadcast, bool):
             raise ctx.error(line, "smp_boot.broadcast must be true or false")
         vector = ctx.integer(body.get("vector", 0x10), "smp_boot.vector", line, 0x08, 0x9F)
-        return f.SmpBoot(line, broadcast, vector)
+        return f.SmpBoot(broadcast, vector, line=line)
     if kind == "concurrently":
         if nested:
             raise ctx.error(line, "concurrently blocks cannot nest")
@@ -410,7 +410,7 @@ def _concurrently(ctx, body, line, setup) -> f.Concurrently:
         )
     if len(branches) < 2:
         raise ctx.error(line, "concurrently needs at least two branches")
-    return f.Concurrently(line, tuple(branches))
+    return f.Concurrently(tuple(branches), line=line)
 
 
 def find_trace_files(paths) -> list[str]:

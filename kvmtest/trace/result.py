@@ -68,6 +68,9 @@ class TraceResult:
     repeat: int = 0  # which repetition (0-based) under --repeat
     outcomes: dict = field(default_factory=dict)  # concurrent blocks: outcome label -> count
     allowed: dict = field(default_factory=dict)  # concurrent blocks: label -> allowed?
+    compared: int = 0  # (vcpu, field) comparisons of prediction and observation
+    not_compared: int = 0  # predictions the model does not know (GUEST: the guest ran code)
+    pins_checked: int = 0  # pinned values (observe.expect, block properties) checked
 
     @classmethod
     def of(cls, trace, profile: str, backend: str, repeat: int = 0, **fields) -> "TraceResult":
@@ -96,6 +99,9 @@ class TraceResult:
             "elapsed": round(self.elapsed, 6),
             "repeat": self.repeat,
             "message": self.message,
+            "compared": self.compared,
+            "not_compared_guest": self.not_compared,
+            "pins_checked": self.pins_checked,
             "mismatches": [
                 {
                     "step": m.step + 1,
