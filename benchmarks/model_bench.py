@@ -25,7 +25,7 @@ SIPI = enc.encode_msi(enc.DM_STARTUP, 0x10, 1)
 
 
 def init_sipi_trace(profile: str):
-    """The host-driven trace of the host findings: VM + 2 vCPUs, LAPIC sync, INIT by MSI,
+    """The host-driven trace of docs/host-findings.md#cost: VM + 2 vCPUs, LAPIC sync, INIT by MSI,
     observe, SIPI by MSI, observe. 9 events including VM creation."""
 
     def run():

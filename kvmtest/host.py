@@ -28,8 +28,8 @@ CAPABILITIES = [
 ]
 
 BACKENDS = ("kvm_intel", "kvm_amd", "kvm_pvm")
-# The register-image flavour the reference model uses for each backend (host findings: kvm_pvm
-# reports VMX-like segment types).
+# The register-image flavour the reference model uses for each backend (kvm_pvm reports
+# VMX-like segment types: docs/host-findings.md#backend).
 FLAVOURS = {"kvm_intel": "vmx", "kvm_amd": "svm", "kvm_pvm": "pvm"}
 
 

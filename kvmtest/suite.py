@@ -1,10 +1,10 @@
 """`kvmtest run`: choose the backend and profile, load and select traces, run them (concurrently
 with --jobs), and hand a RunSummary to the reporters.
 
-A VM's set-up is mostly waiting inside the kernel (host findings: the first memory slot costs
-milliseconds of wall time and almost no CPU), and cffi releases the GIL, so traces run on
-threads. Every trace runs on its own daemon thread with a deadline: a hung trace is reported as
-an error and the run goes on.
+A VM's set-up is mostly waiting inside the kernel (docs/host-findings.md#cost: the first
+memory slot costs milliseconds of wall time and almost no CPU), and cffi releases the GIL, so
+traces run on threads. Every trace runs on its own daemon thread with a deadline: a hung trace
+is reported as an error and the run goes on.
 """
 
 import fnmatch

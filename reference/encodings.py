@@ -1,6 +1,6 @@
 """Encodings: ICR and MSI decode to an interrupt request, and destination matching.
 
-Rules 38 (MSI), 40 (ICR) and 41 (destination matching) of kvm-init-sipi-semantics.md. The result
+Rules 38 (MSI), 40 (ICR) and 41 (destination matching) of docs/semantics.md. The result
 of a decode is an ``Irq``, the model's ``struct kvm_lapic_irq``. Pure functions, no state.
 """
 

@@ -4,7 +4,7 @@ Theory of operation
 ===================
 
 Rule numbers (``# rule N``) and quirks (``# d.7.N``) refer to
-/work/shared/notes/kvm-init-sipi-semantics.md; each can be checked against arch/x86/kvm/lapic.c
+docs/semantics.md (anchors #rule-N, #d7-N); each can be checked against arch/x86/kvm/lapic.c
 (``__apic_accept_irq``, ``kvm_apic_accept_events``) and x86.c (``vcpu_block``,
 ``kvm_arch_vcpu_ioctl_run``, ``kvm_arch_vcpu_ioctl_{get,set}_mpstate``, ``..._vcpu_events``).
 
@@ -32,7 +32,8 @@ KVM_GET_MP_STATE (rule 24, from 3.10 on). GET_REGS/GET_SREGS/GET_VCPU_EVENTS nev
 
 *Threads and atomic steps.* Every public operation is made of atomic steps (``atomic_steps``):
 a step is what one thread does without another thread being able to observe a half-done state,
-at the granularity the notes' race (section e) needs. Most operations are one step. ``guest_hlt``
+at the granularity the race of section e (docs/semantics.md#section-e) needs. Most operations
+are one step. ``guest_hlt``
 is two: ``hlt_exit`` (the VM exit decision; the thread is now in HALT_EXIT) and ``emulate_halt``
 (the ``kvm_emulate_halt`` write). In generation 1 an INIT sent between the two is overwritten by
 the HLT write: the race of section (e). ``enter_run`` is the step ``run_entry`` followed by the
@@ -51,7 +52,8 @@ visited set (tests/reference/test_race.py does exactly this)::
         m.apply(step)  # another thread's step may come in between
 
 A vCPU ioctl (GET/SET_MP_STATE, GET_REGS, ...) on a vCPU whose thread is inside KVM_RUN would
-block until KVM_RUN returns (host findings 2), so the model refuses it with ``ModelError``:
+block until KVM_RUN returns (host-findings.md#finding-2), so the model refuses it with
+``ModelError``:
 ``kick_out`` first.
 
 *Registers.* The image after INIT/RESET/SIPI comes from ``regs.py`` (section c) and depends on
@@ -437,7 +439,7 @@ class Machine:
         if v.phase != Phase.OUT:
             raise ModelError(
                 f"{name} on vCPU {vcpu} while its thread is inside KVM_RUN would block "
-                "(host findings 2): kick_out first"
+                "(docs/host-findings.md#finding-2): kick_out first"
             )
         return v
 

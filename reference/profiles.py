@@ -1,7 +1,7 @@
 """Kernel-generation profiles: which variant of each rule a kernel follows.
 
 A profile is data, not code: a frozen record of switches, each naming the rule (section b of
-kvm-init-sipi-semantics.md) or quirk (d.x) it selects. The state machine in ``machine.py``
+docs/semantics.md) or quirk (d.7.N) it selects. The state machine in ``machine.py``
 reads only these switches, so describing another kernel is a few lines here.
 
 ``generation`` picks the shape of the target-side tables in ``machine.py``:
@@ -150,7 +150,7 @@ LINUX_6_1 = Profile(
     logical_map_tracks_sw_disabled=False,  # observed on Debian 6.1.176: -EPERM (matrix)
 )
 
-# No modelled rule differs between 6.1 and 6.12 (notes d.2/d.5: both predate 6.17); the
+# No modelled rule differs between 6.1 and 6.12 (docs/semantics.md d.2/d.5: both predate 6.17); the
 # profile exists so that a trace can name the kernel it was judged against.
 LINUX_6_12 = replace(
     LINUX_6_1,

@@ -1,4 +1,4 @@
-"""Register images after RESET, INIT and SIPI (section c of kvm-init-sipi-semantics.md).
+"""Register images after RESET, INIT and SIPI (section c of docs/semantics.md).
 
 A vCPU's register file is a dict: ``rip``, ``rflags``, ``rdx``, ``cr0``, the eight segment
 registers (``Segment``) and ``gdt``/``idt`` (``DTable``). A value is an int, or ``GUEST`` when
@@ -8,8 +8,9 @@ Segments and descriptor tables hold GUEST field by field. A value the reset does
 (and a kept GUEST stays GUEST).
 
 Flavours differ only in the segment types KVM_GET_SREGS reports (quirk d.7.13, table c.2);
-``pvm`` is this host's kvm_pvm, which reports the VMX types (host findings).
-Fields the notes do not give (db, l, g, avl; LDTR/TR selectors and bases) are UNVERIFIED: 0 is
+``pvm`` is this host's kvm_pvm, which reports the VMX types (docs/host-findings.md#backend).
+Fields docs/semantics.md does not give (db, l, g, avl; LDTR/TR selectors and bases) are
+UNVERIFIED: 0 is
 what both vendors' reset code would leave, and the kvm backend will be compared against it.
 """
 
@@ -80,7 +81,7 @@ RDX_DEFAULT = 0x600
 SEGMENT_TYPES = {
     "vmx": {"cs": 0xB, "ss": 0x3, "tr": 0xB},
     "svm": {"cs": 0xA, "ss": 0x2, "tr": 0x3},
-    "pvm": {"cs": 0xB, "ss": 0x3, "tr": 0xB},  # host findings: kvm_pvm reports VMX-like types
+    "pvm": {"cs": 0xB, "ss": 0x3, "tr": 0xB},  # host-findings.md#backend: VMX-like types
 }
 
 
@@ -121,7 +122,7 @@ def reset_image(image: str, flavour: str, *, bsp: bool) -> dict:
 def _reset_image(image: str, flavour: str, bsp: bool) -> dict:
     if image == "v1":
         # c.4: V1 runs the vendor reset with sipi_vector 0 at creation, so an AP starts at
-        # CS 0 / base 0 / RIP 0 (inferred in the notes, UNVERIFIED).
+        # CS 0 / base 0 / RIP 0 (inferred in docs/semantics.md#c4, UNVERIFIED).
         return v1_sipi_image(flavour, None, bsp=bsp, vector=0, cpuid_1_eax=None)
     if image == "v2":
         return v2_image(flavour, None, cpuid_1_eax=None)

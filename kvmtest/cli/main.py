@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         "list",
         help="list the traces (name, tags, rules covered)",
         description="List trace files (default: the built-in corpus) with their tags and the "
-        "rule numbers of the semantics notes that each one checks.",
+        "rule numbers of docs/semantics.md that each one checks.",
     )
     listing.add_argument("paths", nargs="*", metavar="PATH")
     _selection_options(listing)

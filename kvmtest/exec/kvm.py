@@ -107,8 +107,8 @@ class KvmSide:
                 base = vcpu.get_msrs([MSR_APIC_BASE])[MSR_APIC_BASE]
                 vcpu.set_msrs({MSR_APIC_BASE: base | APIC_BASE_X2APIC | APIC_BASE_ENABLE})
         if setup.sync_apic_map:
-            # The newest vCPU is missing from KVM's APIC map until a KVM_SET_LAPIC (host
-            # findings 3, rules 33-34); a VMM syncs every vCPU after creating them all.
+            # The newest vCPU is missing from KVM's APIC map until a KVM_SET_LAPIC (rules 33-34,
+            # docs/host-findings.md#finding-3); a VMM syncs every vCPU after creating them all.
             for vcpu in self.vcpus:
                 vcpu.set_lapic(vcpu.get_lapic())
 

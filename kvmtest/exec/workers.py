@@ -1,7 +1,8 @@
 """One thread per vCPU for the kvm backend: it runs stepper commands and can be paused.
 
-A vCPU ioctl on a vCPU whose thread is inside KVM_RUN blocks until KVM_RUN returns (host
-findings 2), so observing a busy vCPU means: ask its worker to pause, kick it out of KVM_RUN,
+A vCPU ioctl on a vCPU whose thread is inside KVM_RUN blocks until KVM_RUN returns
+(docs/host-findings.md#finding-2), so observing a busy vCPU means: ask its worker to pause,
+kick it out of KVM_RUN,
 wait until it is parked outside, read, and let it re-enter.
 """
 

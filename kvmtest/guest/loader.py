@@ -217,8 +217,8 @@ class GuestVm:
             vcpu.set_cpuid2(cpuid)
             self.vcpus.append(vcpu)
         # The vCPU created last is missing from KVM's APIC map until some map-dirtying event,
-        # so an IPI to it would be lost (host findings #3). QEMU does a KVM_SET_LAPIC on every
-        # vCPU after creating them all; so do we.
+        # so an IPI to it would be lost (host-findings.md#finding-3). QEMU does a KVM_SET_LAPIC
+        # on every vCPU after creating them all; so do we.
         for vcpu in self.vcpus:
             vcpu.set_lapic(vcpu.get_lapic())
         self._set_bsp_registers(self.vcpus[0])

@@ -11,7 +11,7 @@ from .errors import KvmError
 from .fd import OwnedFd
 
 # The signal used to kick a vCPU thread out of KVM_RUN. Its handler is a C no-op installed
-# without SA_RESTART, so the blocked ioctl returns EINTR (host findings, trap 2).
+# without SA_RESTART, so the blocked ioctl returns EINTR (docs/host-findings.md#finding-2).
 KICK_SIGNAL = signal.SIGUSR1
 _kick_lock = threading.Lock()
 _kick_installed = False

@@ -433,7 +433,7 @@ class System:
         return HOST_OPS[op.kind](self, op)
 
     def _paused(self, vcpu: int, function, *args, **kwargs):
-        """A vCPU ioctl: kick the thread out of KVM_RUN if it is in (host findings 2),
+        """A vCPU ioctl: kick the thread out of KVM_RUN if it is in (host-findings.md#finding-2),
         perform, and let it re-enter."""
         m = self.machine
         inside = m.vcpus[vcpu].phase != Phase.OUT

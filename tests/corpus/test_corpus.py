@@ -53,7 +53,7 @@ def test_trace_says_what_it_checks(trace):
 @pytest.mark.parametrize("flavour", ["pvm", "vmx", "svm"])
 @pytest.mark.parametrize("trace", TRACES, ids=IDS)
 def test_trace_passes_on_the_reference_model(trace, flavour):
-    """The pins come from the notes and hold for every vendor flavour of the model."""
+    """The pins come from docs/semantics.md and hold for every vendor flavour of the model."""
     result = run_trace(trace, "mainline", HostContext("reference", flavour=flavour))
     assert result.status in (Status.PASS, Status.SKIP), (result.message, result.mismatches)
 

@@ -57,7 +57,7 @@ def test_traces_name_only_known_rules(traces):
 def test_the_document_lists_every_rule_and_reason(traces, uncovered):
     text = coverage.render_coverage(traces, uncovered)
     for rule in coverage.REQUIRED:
-        assert f"\n| {rule} | " in text
+        assert f"\n| [{rule}]({coverage.LINKS[rule]}) | " in text
     for rule, reason in uncovered.items():
         assert reason in text, rule
 
@@ -70,7 +70,7 @@ def test_render_shows_missing_rules_and_partial_coverage():
         name, rules, tags, requires, setup = "t1", ("1", "d7.2"), ("msi",), ("smm",), FakeSetup
 
     text = coverage.render_coverage([FakeTrace], {"2": "a reason", "1": "partly"})
-    assert "| 1 | " in text and "`t1` (smm)" in text
+    assert "| [1](semantics.md#rule-1) | " in text and "`t1` (smm)" in text
     assert "- **1** (partly covered): partly" in text
     assert "- **2** (no trace runs here): a reason" in text
     assert "without a reason: 3," in text  # rule 3 has neither

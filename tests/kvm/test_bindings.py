@@ -18,7 +18,8 @@ def make_vm(kvm, nr_vcpus=2):
     vm.create_irqchip()
     memory = vm.set_user_memory_region(0, 0, 1 << 20)
     vcpus = [vm.create_vcpu(i) for i in range(nr_vcpus)]
-    # The newest vCPU is missing from KVM's APIC map until a KVM_SET_LAPIC (host findings #3).
+    # The newest vCPU is missing from KVM's APIC map until a KVM_SET_LAPIC
+    # (host-findings.md#finding-3).
     for vcpu in vcpus:
         vcpu.set_lapic(vcpu.get_lapic())
     return vm, memory, vcpus

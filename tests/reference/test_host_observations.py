@@ -1,6 +1,6 @@
 """The seven real-host observations of section d.8 (Linux 6.18, kvm_pvm), reproduced by the
-``mainline`` profile with the ``pvm`` flavour, and the ones the notes say Linux 3.9 would have
-contradicted.
+``mainline`` profile with the ``pvm`` flavour, and the ones docs/host-findings.md says Linux 3.9
+would have contradicted.
 
 Setting of d.8: in-kernel irqchip, 2 vCPUs, INIT/SIPI by KVM_SIGNAL_MSI after KVM_SET_LAPIC on
 each vCPU (observation 6 is about what happens before that).
@@ -121,7 +121,8 @@ def test_mainline_reproduces_host(obs, expected):
 
 @pytest.mark.parametrize("number", ["d.8.2", "d.8.4", "d.8.5", "d.8.6", "d.8.7"])
 def test_linux_3_9_would_differ(number):
-    """The notes: V1 resets nothing at INIT (2), keeps the first SIPI's vector (4), parks the
+    """docs/host-findings.md, d.8: V1 resets nothing at INIT (2), keeps the first SIPI's
+    vector (4), parks the
     BSP in IR (5), fails the MSI with EPERM (6) and ignores a SIPI outside IR (7)."""
     [(obs, expected)] = [(f, e) for n, f, e in OBSERVATIONS if n == number]
     assert obs("linux-3.9") != expected

@@ -104,7 +104,7 @@ def test_patched_kernels_always_start_the_ap(profile):
 
 
 def test_section_e_step_table():
-    """The notes' exact sequence: steps 1-6 of the table in section (e)."""
+    """The exact sequence of docs/semantics.md: steps 1-6 of the table in section (e)."""
     m = setting("linux-3.9")
     hlt_exit, emulate_halt = m.atomic_steps("guest_hlt", 1)
     m.apply(hlt_exit)  # 1: VM exit, about to call kvm_emulate_halt

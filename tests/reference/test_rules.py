@@ -1,7 +1,7 @@
-"""One row per rule (sections b.1-b.6 of kvm-init-sipi-semantics.md) per profile.
+"""One row per rule (sections b.1-b.6 of docs/semantics.md) per profile.
 
 Each scenario drives the model through its public API and returns an observation; the table
-gives the observation the notes predict for each profile. Where the rule differs between
+gives the observation docs/semantics.md predicts for each profile. Where the rule differs between
 kernels, the rows say so (e.g. rule 3: V1 ignores a SIPI outside IR, V2+ stores it).
 """
 
