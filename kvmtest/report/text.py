@@ -135,7 +135,16 @@ def _context_lines(result, indent: str) -> list:
     ]
     if result.tags:
         lines.append(f"{indent}tags     {one_line(', '.join(map(str, result.tags)))}")
+    lines.append(f"{indent}checked  {judged_line(result)}")
     return lines
+
+
+def judged_line(result) -> str:
+    """What was judged: compared fields, fields the model could not know, pinned values."""
+    return (
+        f"{result.compared} compared with KVM, {result.not_compared} not compared "
+        f"(guest-owned: the guest ran code), {result.pins_checked} pinned values"
+    )
 
 
 def _failure_block(result, indent: str) -> list:

@@ -35,5 +35,8 @@ def test_boot_debian_kernel_and_run_the_suite(tmp_path):
     assert traces and set(traces.values()) <= {ms.PASS, ms.SKIP}
     assert ms.backend_from_banner((out / "stderr.txt").read_text()) == "kvm_amd"
     suites = ET.parse(out / "junit.xml").getroot()
-    assert suites.iter("testcase")
+    cases = list(suites.iter("testcase"))
+    assert len(cases) == len(traces), (len(cases), len(traces))
+    assert not [c.get("name") for c in cases if c.find("failure") is not None]
+    assert not [c.get("name") for c in cases if c.find("error") is not None]
     assert "Kernel matrix" in result.stdout and kernel in result.stdout
