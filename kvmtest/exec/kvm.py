@@ -295,6 +295,21 @@ class KvmSide:
             out[(vcpu, "thread")] = "blocked" if vcpu in asleep else "running"
         return out
 
+    def thread_positions(self, observed: dict) -> dict:
+        """Where each vCPU thread was when the step settled, from what settle() saw."""
+        out = {}
+        for vcpu in self.workers:
+            state = observed.get((vcpu, "thread"))
+            if state == "blocked":
+                out[vcpu] = "blocked in KVM_RUN"
+            elif state == "running":
+                out[vcpu] = "running (did not settle)"
+            elif (vcpu, "report") in observed:
+                out[vcpu] = "reported: outside KVM_RUN"
+            else:
+                out[vcpu] = "outside KVM_RUN"
+        return out
+
     def _drain_reports(self, out: dict) -> bool:
         """Move every report that arrived into `out` (the last per vCPU); True if any did."""
         got = False

@@ -46,6 +46,28 @@ from reference import GUEST, Machine, Phase, RunResult
 DELIVERY_NAMES = {v: k.upper() for k, v in f.DELIVERY_MODES.items()}
 
 
+class VcpuView(NamedTuple):
+    """One vCPU as the model sees it at a point of a trace (what `kvmtest show` prints)."""
+
+    vcpu: int
+    mp_state: object  # MpState, or a bare int the kernel stores as is
+    thread: str  # "guest code", "blocked in KVM_RUN", "outside KVM_RUN"
+    pending: str  # "INIT", "SIPI", "INIT+SIPI" or ""
+    sipi_vector: int
+    cs_selector: object  # int, or GUEST when the guest ran code since the last reset
+    rip: object
+    command: str  # the stepper command in progress, or ""
+
+
+THREAD_WORDS = {
+    Phase.OUT: "outside KVM_RUN",
+    Phase.GUEST: "guest code",
+    Phase.BLOCKED: "blocked in KVM_RUN",
+    Phase.U_BLOCK: "blocked in KVM_RUN",
+    Phase.HALT_EXIT: "in KVM (HLT exit)",
+}
+
+
 class Move(NamedTuple):
     """One atomic move. ``thread``: "host", "vcpuN" (its program, or the stepper reacting) or
     "kvm:vcpuN" (KVM inside that thread). ``end``: the program counter after the command this
@@ -290,6 +312,31 @@ class System:
                 if moves[pc].op not in ("run_entry", "start_run"):
                     out.add(moves[pc].args[0])
         return out
+
+    def view(self) -> tuple[VcpuView, ...]:
+        """Every vCPU as the model sees it now."""
+        out = []
+        for v in self.machine.vcpus:
+            thread = f"vcpu{v.index}"
+            moves, pc = self.programs.get(thread, ()), self.pcs.get(thread, 0)
+            command = moves[pc].command if pc < len(moves) else ""
+            pending = "+".join(
+                n for n, on in (("INIT", v.pending_init), ("SIPI", v.pending_sipi)) if on
+            )
+            cs = v.regs["cs"]
+            out.append(
+                VcpuView(
+                    v.index,
+                    _mp_state(v.mp_state),
+                    THREAD_WORDS[v.phase],
+                    pending,
+                    v.sipi_vector,
+                    cs if cs is GUEST else cs.selector,
+                    v.regs["rip"],
+                    command,
+                )
+            )
+        return tuple(out)
 
     def finished(self) -> bool:
         return all(self.pcs[t] >= len(p) for t, p in self.programs.items())
@@ -569,6 +616,13 @@ HOST_OPS = {
     "nmi": _vcpu_ioctl("nmi"),
     "smp_boot": System._smp_boot,
 }
+
+
+def _mp_state(value):
+    try:
+        return reference.MpState(value)
+    except ValueError:
+        return value
 
 
 def _reaction_label(vcpu: int, name: str) -> str:

@@ -25,7 +25,8 @@ from kvmtest.sim.schedule import Sequential
 from kvmtest.sim.system import System
 from reference import GUEST
 
-from .result import Mismatch, Status, TraceResult
+from .dump import step_mapping
+from .result import Mismatch, Status, StepRecord, TraceResult
 
 MISSING = "absent"
 
@@ -116,9 +117,12 @@ def _key_order(key):
     return (-1 if vcpu is None else vcpu, field)
 
 
-def run_trace(trace: f.Trace, profile, host: HostContext, repeat: int = 0) -> TraceResult:
+def run_trace(
+    trace: f.Trace, profile, host: HostContext, repeat: int = 0, timeline: bool = False
+) -> TraceResult:
     """Replay `trace` under `profile` (a name or a reference.Profile); never raises for a
-    problem in the trace or the host."""
+    problem in the trace or the host. With `timeline`, the result keeps a StepRecord of both
+    sides for every step (what `kvmtest show` draws)."""
     start = time.perf_counter()
     profile = reference.get_profile(profile)
     result = TraceResult.of(trace, profile_label(profile), host.backend, repeat)
@@ -147,10 +151,15 @@ def run_trace(trace: f.Trace, profile, host: HostContext, repeat: int = 0) -> Tr
             predicted = model.perform(step)
             if check_pins and step.kind == "observe":
                 judge.check_pins(index, step, predicted)
+            observed = None
             if real is not None:
                 observed = real.perform(step)
                 observed.update(real.settle())
                 judge.compare(index, step, predicted, observed)
+            if timeline:
+                result.timeline.append(
+                    _record(trace, index, step, system, predicted, observed, real)
+                )
     except reference.ModelError as exc:
         _error(result, trace, index, step, f"model: {exc}")
     except ExploreError as exc:
@@ -176,6 +185,19 @@ def run_trace(trace: f.Trace, profile, host: HostContext, repeat: int = 0) -> Tr
         result.message += explored
     result.elapsed = time.perf_counter() - start
     return result
+
+
+def _record(trace, index, step, system, predicted, observed, real) -> StepRecord:
+    return StepRecord(
+        index,
+        trace.location(step),
+        step_mapping(step),
+        step.thread,
+        system.view(),
+        predicted,
+        observed,
+        real.thread_positions(observed) if real is not None else None,
+    )
 
 
 _EXPLORATIONS: dict = {}

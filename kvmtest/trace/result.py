@@ -53,6 +53,22 @@ def _show(value) -> str:
     return str(value)
 
 
+@dataclass(frozen=True)
+class StepRecord:
+    """One step of a run as both sides saw it, for `kvmtest show` and `run -v`: the model's view
+    of every vCPU after the step (kvmtest.sim.system.VcpuView), its prediction and, on KVM,
+    the observation (None in reference mode) and where each vCPU thread was."""
+
+    index: int
+    location: str
+    step: str  # the operation as YAML (kvmtest.trace.dump.step_mapping)
+    thread: str  # who performed it
+    model: tuple  # VcpuView per vCPU
+    predicted: dict  # (vcpu, field) -> value
+    observed: dict | None  # (vcpu, field) -> value; None without KVM
+    threads: dict | None = None  # vcpu -> "reported", "blocked in KVM_RUN", "running", "idle"
+
+
 @dataclass
 class TraceResult:
     name: str
@@ -71,6 +87,7 @@ class TraceResult:
     compared: int = 0  # (vcpu, field) comparisons of prediction and observation
     not_compared: int = 0  # predictions the model does not know (GUEST: the guest ran code)
     pins_checked: int = 0  # pinned values (observe.expect, block properties) checked
+    timeline: list = field(default_factory=list)  # StepRecord per step, when asked for
 
     @classmethod
     def of(cls, trace, profile: str, backend: str, repeat: int = 0, **fields) -> "TraceResult":
