@@ -46,7 +46,7 @@ def init_sipi_ops(profile: str):
     """The same four INIT/SIPI operations on one machine, repeated (no VM creation)."""
     m = Machine(2, profile, "pvm")
     m.set_lapic(0)
-    sipi_reset = m.gen == 1
+    sipi_reset = m.profile.sender_writes_mp_state
 
     def run():
         m.signal_msi(*INIT)

@@ -1,8 +1,10 @@
-"""Pure-Python reference model of KVM's x86 INIT/SIPI handling, per kernel generation.
+"""Pure-Python reference model of KVM's x86 INIT/SIPI handling, per kernel profile.
 
-Standard library only. ``Machine`` is one VM; ``PROFILES`` names the kernels it can imitate;
-``FLAVOURS`` the register-image flavours (vmx, svm, pvm). See ``machine.py`` for the theory of
-operation and docs/model.md for the transition tables.
+Standard library only. ``Machine`` is one VM; ``PROFILES`` names the kernels it can imitate,
+each a record of the ``SWITCHES``; ``profile_for_release`` picks one for a kernel release and
+``apply_switches`` derives a "what if" variant (``--set``); ``FLAVOURS`` are the register-image
+flavours (vmx, svm, pvm). See ``machine.py`` for the theory of operation and docs/model.md for
+the transition tables.
 """
 
 from .encodings import Irq, decode_icr, decode_msi, encode_icr, encode_msi
@@ -21,9 +23,13 @@ from .profiles import (
     BACKEND_FLAVOURS,
     FLAVOURS,
     PROFILES,
+    SWITCHES,
     Profile,
+    Switch,
+    apply_switches,
     flavour_for_backend,
     get_profile,
+    profile_for_release,
 )
 from .regs import GUEST, DTable, Segment
 
@@ -43,12 +49,16 @@ __all__ = [
     "Profile",
     "RunResult",
     "Segment",
+    "SWITCHES",
     "Step",
+    "Switch",
     "VCpu",
+    "apply_switches",
     "decode_icr",
     "decode_msi",
     "encode_icr",
     "encode_msi",
     "flavour_for_backend",
     "get_profile",
+    "profile_for_release",
 ]

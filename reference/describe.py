@@ -3,19 +3,19 @@
 ``transition_table(profile)`` returns a markdown table: each row starts a fresh VM (2 vCPUs,
 KVM_SET_LAPIC done so both are routable), puts the AP (vCPU 1) into a state, applies one event
 through the public API and reports what the model says. ``profile_table()`` lists the profile
-switches side by side; ``state_graph_dot(profile)`` draws the state changes as Graphviz.
+switches side by side, with the layer and rule of each; ``state_graph_dot(profile)`` draws the
+state changes as Graphviz.
 ``python -m reference.describe`` rewrites the generated part of docs/model.md.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from . import encodings as enc
 from .machine import ARH, IR, RUN, SR, H, Machine, MpState, Phase, U
-from .profiles import PROFILES, Profile, get_profile
+from .profiles import PROFILES, SWITCHES, Profile, format_value, get_profile
 
 BEGIN = "<!-- BEGIN GENERATED: python -m reference.describe -->"
 END = "<!-- END GENERATED -->"
@@ -27,7 +27,7 @@ def _name(state) -> str:
 
 def _start_states(p: Profile) -> list:
     states = [U, RUN, H, IR]
-    if p.generation == 1:
+    if p.sender_writes_mp_state:
         states.append(SR)  # only V1 can hold SIPI_RECEIVED
     if p.set_mp_state_whitelist is not None and 9 in p.set_mp_state_whitelist:
         states.append(ARH)
@@ -192,24 +192,19 @@ def transition_table(profile) -> str:
 
 
 def profile_table() -> str:
-    """Markdown table of every profile switch, one column per profile."""
+    """Markdown table of every profile switch (layer, rule, type, meaning), one column per
+    profile, after a row of the releases each profile covers."""
     names = list(PROFILES)
-    out = ["| switch | " + " | ".join(f"`{n}`" for n in names) + " |"]
-    out.append("|---" * (len(names) + 1) + "|")
-    for f in fields(Profile):
-        if f.name in ("name", "description"):
-            continue
-        cells = []
-        for n in names:
-            value = getattr(PROFILES[n], f.name)
-            if isinstance(value, frozenset):
-                value = ",".join(str(x) for x in sorted(value))
-            elif (
-                isinstance(value, int) and not isinstance(value, bool) and f.name.endswith("flags")
-            ):
-                value = hex(value)
-            cells.append(str(value))
-        out.append(f"| {f.name} | " + " | ".join(cells) + " |")
+    out = [
+        "| switch | layer | rule | type | " + " | ".join(f"`{n}`" for n in names) + " | meaning |"
+    ]
+    out.append("|---" * (len(names) + 5) + "|")
+    ranges = " | ".join(PROFILES[n].release_range for n in names)
+    out.append(f"| releases | | | | {ranges} | kernel releases the profile describes |")
+    for sw in SWITCHES.values():
+        kind = "/".join(sw.choices) if sw.kind == "enum" else sw.kind
+        cells = " | ".join(format_value(getattr(PROFILES[n], sw.name), sw.name) for n in names)
+        out.append(f"| {sw.name} | {sw.layer} | {sw.rule} | {kind} | {cells} | {sw.doc} |")
     return "\n".join(out) + "\n"
 
 

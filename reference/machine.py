@@ -3,8 +3,8 @@
 Theory of operation
 ===================
 
-Rule numbers (``# rule N``) and quirks (``# d.7.N``) refer to
-docs/semantics.md (anchors #rule-N, #d7-N); each can be checked against arch/x86/kvm/lapic.c
+Rule numbers (``# rule N``) and quirks (``# d.7.N``) refer to docs/semantics.md (anchors
+#rule-N, #d7-N); each can be checked against arch/x86/kvm/lapic.c
 (``__apic_accept_irq``, ``kvm_apic_accept_events``) and x86.c (``vcpu_block``,
 ``kvm_arch_vcpu_ioctl_run``, ``kvm_arch_vcpu_ioctl_{get,set}_mpstate``, ``..._vcpu_events``).
 
@@ -18,34 +18,41 @@ KVM_RUN (OUT), running guest code (GUEST), blocked in ``kvm_vcpu_block`` (BLOCKE
 UNINITIALIZED branch of KVM_RUN (U_BLOCK), or between the HLT VM exit and ``kvm_emulate_halt``
 (HALT_EXIT). ``in_run`` is ``phase != OUT`` (design.md).
 
-*Who writes mp_state.* In ``linux-3.9`` (generation 1) the sender's thread writes the target's
-``mp_state`` in ``__apic_accept_irq`` (table ``SENDER_V1``). From ``linux-3.10`` on the sender only
-sets pending bits and stores the vector (``SENDER_PENDING``); the target thread turns them into
-state changes in ``_accept_events`` = ``kvm_apic_accept_events``: INIT first (reset image, then
-``ACCEPT_INIT``: R for the BSP, IR for an AP), then SIPI (``ACCEPT_SIPI``: only IR -> R with the
-CS/RIP fix-up; anywhere else the SIPI is dropped but the vector kept). From 4.2 on (generation 3
-here) INIT is latched and SIPI dropped while INIT is blocked (SMM), rules 15-17.
+*Profiles.* Every difference between kernels is a named switch of ``self.profile``
+(``profiles.py``: rule, layer and meaning of each); the code below reads switches, never a
+version. Where a table row differs between kernels, its cell is ``By(switch, {value: cell})``;
+``resolve`` picks the cells for one profile once, so a lookup is a plain dict access.
+
+*Who writes mp_state.* With ``sender_writes_mp_state`` (``linux-3.9``) the sender's thread
+writes the target's ``mp_state`` in ``__apic_accept_irq`` (table ``SENDER_WRITES``). Without it
+(``linux-3.10`` on) the sender only sets pending bits and stores the vector
+(``SENDER_PENDING``); the target thread turns them into state changes in ``_accept_events`` =
+``kvm_apic_accept_events``: INIT first (reset image, then ``ACCEPT_INIT``: R for the BSP, IR for
+an AP), then SIPI (``ACCEPT_SIPI``: only IR -> R with the CS/RIP fix-up; anywhere else the SIPI
+is dropped but the vector kept). With ``init_blocked_in_smm`` / ``init_blocked_nested`` INIT is
+latched and SIPI dropped while INIT is blocked (SMM, VMX root, GIF = 0), rules 15-17.
 
 *Processing points* (rule 8) are the only places pending events are acted on: KVM_RUN entry and
 the target's own loop (``RUN_ENTRY``, the ``guest_event`` and ``wake`` reactions, ``WAKE``), and
-KVM_GET_MP_STATE (rule 24, from 3.10 on). GET_REGS/GET_SREGS/GET_VCPU_EVENTS never process.
+KVM_GET_MP_STATE (rule 24, ``get_mp_state_processes``). GET_REGS/GET_SREGS/GET_VCPU_EVENTS
+never process.
 
-*Threads and atomic steps.* Every public operation is made of atomic steps (``atomic_steps``):
-a step is what one thread does without another thread being able to observe a half-done state,
-at the granularity the race of section e (docs/semantics.md#section-e) needs. Most operations
-are one step. ``guest_hlt``
-is two: ``hlt_exit`` (the VM exit decision; the thread is now in HALT_EXIT) and ``emulate_halt``
-(the ``kvm_emulate_halt`` write). In generation 1 an INIT sent between the two is overwritten by
-the HLT write: the race of section (e). ``enter_run`` is the step ``run_entry`` followed by the
-vCPU's own reactions. Reactions of a thread inside KVM_RUN to what other threads did (woken by a
-kick, an event request while in guest mode) are the steps listed by ``pending_steps()`` as
-``(vcpu, name)`` with names ``guest_event``, ``wake`` and ``wake_uninit``; ``step(vcpu, name)``
-applies one and ``settle()`` applies all of them (lowest vCPU first) until none is enabled, which
-is what sequential replay does after each operation. An explorer runs each thread's operation
-list as ``atomic_steps``, asks ``can_apply(step)`` whether the thread can take its next step now
-(a guest instruction needs guest mode, an ioctl needs the thread outside KVM_RUN), and
-interleaves those with ``pending_steps``, using ``clone()`` and the hashable ``key()`` for a
-visited set (tests/reference/test_race.py does exactly this)::
+*Threads and atomic steps.* Every public operation is made of atomic steps (``atomic_steps``): a
+step is what one thread does without another thread being able to observe a half-done state, at
+the granularity the race of section e (docs/semantics.md#section-e) needs. Most operations are
+one step. ``guest_hlt`` is two: ``hlt_exit`` (the VM exit decision; the thread is now in
+HALT_EXIT) and ``emulate_halt`` (the ``kvm_emulate_halt`` write). With
+``sender_writes_mp_state`` an INIT sent between the two is overwritten by the HLT write: the
+race of section (e). ``enter_run`` is the step ``run_entry`` followed by the vCPU's own
+reactions. Reactions of a thread inside KVM_RUN to what other threads did (woken by a kick, an
+event request while in guest mode) are the steps listed by ``pending_steps()`` as ``(vcpu,
+name)`` with names ``guest_event``, ``wake`` and ``wake_uninit``; ``step(vcpu, name)`` applies
+one and ``settle()`` applies all of them (lowest vCPU first) until none is enabled, which is
+what sequential replay does after each operation. An explorer runs each thread's operation list
+as ``atomic_steps``, asks ``can_apply(step)`` whether the thread can take its next step now (a
+guest instruction needs guest mode, an ioctl needs the thread outside KVM_RUN), and interleaves
+those with ``pending_steps``, using ``clone()`` and the hashable ``key()`` for a visited set
+(tests/reference/test_race.py does exactly this)::
 
     # [Step('hlt_exit', (1,)), Step('emulate_halt', (1,))]
     for step in m.atomic_steps("guest_hlt", 1):
@@ -57,7 +64,7 @@ block until KVM_RUN returns (host-findings.md#finding-2), so the model refuses i
 ``kick_out`` first.
 
 *Registers.* The image after INIT/RESET/SIPI comes from ``regs.py`` (section c) and depends on
-the profile's image generation and the flavour (vmx, svm, pvm). ``guest_runs`` marks everything
+the profile's ``image`` switch and the flavour (vmx, svm, pvm). ``guest_runs`` marks everything
 the guest owns as ``GUEST``; a value a reset does not write keeps what the last write left.
 
 *Routing.* ``icr_write`` and ``signal_msi`` decode (``encodings.py``, rules 38, 40) and route
@@ -66,7 +73,7 @@ at its last recalculation (the newest vCPU is missing after creation, rule 33, u
 an ID/LDR/DFR write, an APIC_BASE mode change or an INIT reset recalculates it, rule 34), and a
 slow path over every present LAPIC for shorthands, broadcasts and a disabled map (rule 35).
 
-Transition tables are the dicts below (``SENDER_V1``, ``SENDER_PENDING``, ``ACCEPT_INIT``,
+Transition tables are the dicts below (``SENDER_WRITES``, ``SENDER_PENDING``, ``ACCEPT_INIT``,
 ``ACCEPT_SIPI``, ``RUN_ENTRY``, ``WAKE``, ``HLT``, ``SET_MP_STATE``); the code looks transitions
 up in them. ``describe.transition_table(profile)`` shows what they produce, by running the model.
 """
@@ -74,6 +81,7 @@ up in them. ``describe.transition_table(profile)`` shows what they produce, by r
 from __future__ import annotations
 
 from enum import Enum, IntEnum
+from functools import cache
 from operator import itemgetter
 from typing import NamedTuple
 
@@ -157,13 +165,32 @@ KEEP = "unchanged"  # table value: mp_state is not written
 # Transition tables
 # ----------------------------------------------------------------------------------------------
 
-# Sender side, generation 1 (rules 1 and 3, V1 variants): event -> state -> (new mp_state, count).
-SENDER_V1 = {
+
+# A cell that differs between kernels: the profile's value of ``switch`` picks the cell.
+class By(NamedTuple):
+    switch: str
+    cases: dict
+
+
+def resolve(table: dict, profile: Profile) -> dict:
+    """The table with every ``By`` cell replaced by the cell the profile's switches pick."""
+    return {key: _pick(cell, profile) for key, cell in table.items()}
+
+
+def _pick(cell, profile: Profile):
+    while isinstance(cell, By):
+        cell = cell.cases[getattr(profile, cell.switch)]
+    return cell
+
+
+# Sender side with sender_writes_mp_state (rules 1 and 3, V1 variants):
+# event -> state -> (new mp_state, count).
+SENDER_WRITES = {
     "INIT": {ANY: (IR, 1)},  # rule 1 (V1): written at once, no register change
     "SIPI": {IR: (SR, 1), ANY: (KEEP, 0)},  # rule 3 (V1): only in IR, else ignored, vector lost
 }
 
-# Sender side, generation 2+ (rules 1-4): event -> (effect on the pending bits, count).
+# Sender side without it (rules 1-4): event -> (effect on the pending bits, count).
 SENDER_PENDING = {
     "INIT": ("pending := {INIT} (a pending SIPI is discarded)", 1),  # rule 1
     "SIPI": ("sipi_vector := v; pending |= {SIPI}", 1),  # rules 3, 4
@@ -173,28 +200,35 @@ SENDER_PENDING = {
 ACCEPT_INIT = {"BSP": RUN, "AP": IR}  # rule 10 (BSP per rule 11)
 ACCEPT_SIPI = {IR: RUN, ANY: KEEP}  # rules 12, 13: elsewhere the SIPI is dropped
 
-# KVM_RUN entry (d.3): generation -> state -> action.
+# KVM_RUN entry (d.3): state -> action.
 #   run: enter the guest; block: kvm_vcpu_block; block_u: the UNINITIALIZED branch;
-#   sipi_reset: V1 resets from SIPI_RECEIVED, then runs; check_*: -EINVAL under a profile switch.
+#   sipi_reset: V1 resets from SIPI_RECEIVED, then runs; check_blocked_ir: -EINVAL when INIT/SIPI
+#   are blocked, else block; einval: -EINVAL.
 RUN_ENTRY = {
-    1: {U: "block_u", RUN: "run", SR: "sipi_reset", ANY: "block"},
-    2: {U: "block_u", RUN: "run", ANY: "block"},
-    3: {U: "block_u", RUN: "run", IR: "check_blocked_ir", SR: "check_sr", ANY: "block"},
+    U: "block_u",  # rule 29
+    RUN: "run",
+    IR: By("run_rejects_blocked_ir", {True: "check_blocked_ir", False: "block"}),  # d.3 (6.17)
+    SR: By(
+        "sender_writes_mp_state",
+        {
+            True: "sipi_reset",  # a.1, c.4
+            False: By("run_rejects_sipi_received", {True: "einval", False: "block"}),  # d.3
+        },
+    ),
+    ANY: "block",
 }
 
-# After a wake-up from kvm_vcpu_block (the UNHALT switch, later vcpu_block), generation 2+ after
-# processing events: generation -> state -> (new mp_state, next).
+# After a wake-up from kvm_vcpu_block (the UNHALT switch, later vcpu_block), after processing
+# events unless sender_writes_mp_state: state -> (new mp_state, next).
 #   run: back to the guest; block: sleep again; eintr: KVM_RUN returns -EINTR.
+_WAKE_OTHER = By("wake_exits_other_states", {True: (KEEP, "eintr"), False: (KEEP, "block")})
 WAKE = {
-    1: {H: (RUN, "run"), RUN: (KEEP, "run"), ANY: (KEEP, "eintr")},  # V1: SR/IR -> -EINTR (a.1)
-    2: {H: (RUN, "run"), RUN: (KEEP, "run"), IR: (KEEP, "block"), ANY: (KEEP, "eintr")},
-    3: {  # rules 19, 20
-        H: (RUN, "run"),
-        ARH: (RUN, "run"),
-        RUN: (KEEP, "run"),
-        IR: (KEEP, "block"),
-        ANY: (KEEP, "block"),  # WARN_ON_ONCE in vcpu_block
-    },
+    H: (RUN, "run"),  # rule 19
+    RUN: (KEEP, "run"),
+    # rule 20: IR stays IR; V1 only wakes in IR for an NMI, and the UNHALT switch exits (a.1)
+    IR: By("sender_writes_mp_state", {True: _WAKE_OTHER, False: (KEEP, "block")}),
+    ARH: By("ap_reset_hold", {True: (RUN, "run"), False: _WAKE_OTHER}),  # rule 19
+    ANY: _WAKE_OTHER,  # UNHALT switch default: -EINTR; vcpu_block: WARN_ON_ONCE, sleep again
 }
 
 # Guest HLT, kvm_emulate_halt (rule 22): hlt_checks_pending_events -> events pending? -> state.
@@ -203,14 +237,16 @@ HLT = {
     True: {False: H, True: RUN},  # V3: stays R when events are pending
 }
 
-# KVM_SET_MP_STATE (rules 25-28, d.2), generation 2+: value -> (needs an in-kernel LAPIC,
-# state written, pending SIPI added). Values not listed: stored as is unless the whitelist refuses.
+# KVM_SET_MP_STATE (rules 25-28, d.2): value -> (needs an in-kernel LAPIC under
+# set_mp_state_needs_lapic, state written, pending SIPI added). Values not listed: stored as is
+# unless the whitelist refuses.
 SET_MP_STATE = {
     RUN: (False, RUN, False),
     U: (True, U, False),
     IR: (True, IR, False),  # rule 26: a label only, no reset
     H: (True, H, False),
-    SR: (True, IR, True),  # rule 25: IR + pending SIPI with the stored vector
+    # rule 25: IR + pending SIPI with the stored vector; V1 stores SR (d.2), KVM_RUN resets
+    SR: By("sender_writes_mp_state", {True: (True, SR, False), False: (True, IR, True)}),
     ARH: (True, ARH, False),
 }
 
@@ -221,6 +257,14 @@ APIC_DEFAULT_BASE = 0xFEE00000
 SPIV_ENABLE = 1 << 8
 
 _REG_ORDER = R.GUEST_OWNED
+
+
+@cache
+def _tables(profile: Profile) -> tuple[dict, dict, dict]:
+    """RUN_ENTRY, WAKE and SET_MP_STATE as this profile's switches pick them."""
+    return resolve(RUN_ENTRY, profile), resolve(WAKE, profile), resolve(SET_MP_STATE, profile)
+
+
 _ONLINE = [frozenset(range(n)) for n in range(64)]
 
 
@@ -386,7 +430,7 @@ class Machine:
         self.cpuid_1_eax = cpuid_1_eax
         self.smm_supported = smm
         self.x2apic_format = x2apic_format
-        self.gen = self.profile.generation
+        self._run_entry_table, self._wake_table, self._set_mp_state_table = _tables(self.profile)
         self.vcpus: list[VCpu] = []
         self.map_members: frozenset[int] | None = frozenset() if self.lapic else None
         for _ in range(nr_vcpus):
@@ -466,11 +510,11 @@ class Machine:
         """kvm_vcpu_has_events, restricted to the modelled events."""
         if self._has_init_sipi(v) or v.nmi_pending:
             return True
-        return self.gen >= 3 and v.smi_pending and not v.smm
+        return self.profile.smm_emulation and v.smi_pending and not v.smm
 
     def runnable(self, v: VCpu) -> bool:
         """kvm_arch_vcpu_runnable: what ends kvm_vcpu_block."""
-        if self.gen == 1:
+        if self.profile.sender_writes_mp_state:
             return v.mp_state in (RUN, SR) or v.nmi_pending  # a.1
         return v.mp_state == RUN or v.pv_unhalted or self._has_events(v)  # rule 18
 
@@ -513,7 +557,8 @@ class Machine:
             v.mp_state = new
 
     def _accept_events(self, v: VCpu) -> None:
-        """kvm_apic_accept_events (generation 2+): INIT before SIPI (rule 9)."""
+        """kvm_apic_accept_events (pending events, not sender_writes_mp_state): INIT before SIPI
+        (rule 9)."""
         if not self.lapic or not (v.pending_init or v.pending_sipi):
             return
         if not self.init_allowed(v):
@@ -537,8 +582,8 @@ class Machine:
         if dm == enc.DM_INIT:
             if irq.trig_level and not irq.level:
                 return 0  # rule 2: level de-assert ignored
-            if self.gen == 1:
-                new, count = SENDER_V1["INIT"][ANY]  # rule 1 (V1)
+            if self.profile.sender_writes_mp_state:
+                new, count = SENDER_WRITES["INIT"][ANY]  # rule 1 (V1)
                 v.mp_state = new
             else:
                 count = SENDER_PENDING["INIT"][1]
@@ -547,8 +592,8 @@ class Machine:
             v.req_event = True  # rule 7
             return count
         if dm == enc.DM_STARTUP:
-            if self.gen == 1:
-                row = SENDER_V1["SIPI"]
+            if self.profile.sender_writes_mp_state:
+                row = SENDER_WRITES["SIPI"]
                 new, count = row.get(v.mp_state, row[ANY])  # rule 3 (V1)
                 if new is not KEEP:
                     v.sipi_vector = irq.vector
@@ -564,7 +609,7 @@ class Machine:
             v.req_event = True
             return 1
         if dm == enc.DM_SMI:
-            if self.gen >= 3 and self.smm_supported:
+            if self.profile.smm_emulation and self.smm_supported:
                 v.smi_pending = True
                 v.req_event = True
                 return 1
@@ -580,7 +625,9 @@ class Machine:
         return 0  # EXTINT (and REMRD before PV unhalt): ignored by __apic_accept_irq
 
     def _lowest_prio(self, irq: enc.Irq) -> bool:
-        return irq.delivery_mode == enc.DM_LOWEST or (self.gen >= 3 and irq.redir_hint)
+        return irq.delivery_mode == enc.DM_LOWEST or (
+            self.profile.msi_redir_hint and irq.redir_hint
+        )
 
     def _match(self, t: VCpu, src: VCpu | None, irq: enc.Irq) -> bool:
         """rule 41: kvm_apic_match_dest."""
@@ -623,9 +670,9 @@ class Machine:
         members = [v for v in self.vcpus if v.index in self.map_members and v.hw_enabled]
         ids = [m.phys_id for m in members]
         if len(set(ids)) != len(ids):
-            return None  # conflicting IDs: no map (UNVERIFIED for generations 1-2)
+            return None  # conflicting IDs: no map (UNVERIFIED for 3.x)
         if not irq.logical:
-            dest = irq.dest_id if self.gen >= 3 else irq.dest_id & 0xFF
+            dest = irq.dest_id & self.profile.phys_dest_mask  # rule 35
             return [m for m in members if m.phys_id == dest]
         # Logical: only software-enabled APICs with a non-zero LDR are in the logical map.
         logical = [m for m in members if m.sw_enabled and (m.ldr if m.x2apic_mode else m.ldr >> 24)]
@@ -683,9 +730,10 @@ class Machine:
         """KVM_SIGNAL_MSI (rules 38, 39): the count, -1 for EPERM, -22 for EINVAL."""
         if not self.lapic:
             return EINVAL  # d.4: no in-kernel irqchip
-        if self.gen >= 3 and enc.msi_invalid(address_hi, self.x2apic_format):
+        x2apic_format = self.x2apic_format and self.profile.x2apic_api
+        if enc.msi_invalid(address_hi, x2apic_format):
             return EINVAL  # rule 39
-        irq = enc.decode_msi(address_lo, address_hi, data, self.x2apic_format and self.gen >= 3)
+        irq = enc.decode_msi(address_lo, address_hi, data, x2apic_format)
         return self._deliver(irq, None)
 
     # ------------------------------------------------------------------ LAPIC and APIC base
@@ -775,15 +823,12 @@ class Machine:
         or pending events (rule 27); raises KVM_REQ_EVENT."""
         v = self._ioctl(vcpu, "KVM_SET_MP_STATE")
         p = self.profile
-        if self.gen == 1:
-            v.mp_state = _state(value)  # d.2: V1 stores anything
-            v.req_event = True
-            return 0
         wl = p.set_mp_state_whitelist
         if wl is not None and value not in wl:
-            return EINVAL  # rule 28 (6.0+)
-        needs_lapic, new, add_sipi = SET_MP_STATE.get(value, (True, _state(value), False))
-        if needs_lapic and not self.lapic:
+            return EINVAL  # rule 28 (6.0+); V1 stores anything (d.2)
+        row = self._set_mp_state_table.get(value, (True, _state(value), False))
+        needs_lapic, new, add_sipi = row
+        if needs_lapic and p.set_mp_state_needs_lapic and not self.lapic:
             return EINVAL  # rule 28 (P)
         if (
             p.set_mp_state_rejects_wfs_when_blocked
@@ -902,7 +947,7 @@ class Machine:
     def smi(self, vcpu: int) -> int:
         """KVM_SMI: 0, -22 before 4.2, -25 (ENOTTY) without SMM support (UNVERIFIED)."""
         v = self._ioctl(vcpu, "KVM_SMI")
-        if self.gen < 3:
+        if not self.profile.smm_emulation:
             return EINVAL
         if not self.smm_supported:
             return ENOTTY
@@ -973,14 +1018,14 @@ class Machine:
         v = self._v(vcpu)
         if v.phase != Phase.OUT:
             raise ModelError(f"vCPU {vcpu}: KVM_RUN while its thread is already inside it")
-        if immediate_exit and self.gen < 3:
+        if immediate_exit and not self.profile.immediate_exit:
             raise ModelError("KVM_CAP_IMMEDIATE_EXIT does not exist in this profile's kernel")
         if not self.lapic:
             if immediate_exit:
                 return self._leave(v, RunResult.EINTR)
             v.phase = Phase.GUEST
             return RunResult.RUNS
-        table = RUN_ENTRY[self.gen]
+        table = self._run_entry_table
         action = table.get(v.mp_state, table[ANY])
         p = self.profile
         if action == "block_u":
@@ -991,13 +1036,11 @@ class Machine:
         if immediate_exit:
             return self._leave(v, RunResult.EINTR)  # d.3: before kvm_x86_vcpu_pre_run
         if action == "check_blocked_ir":
-            if p.run_rejects_blocked_ir and not self.init_allowed(v):
+            if not self.init_allowed(v):
                 return self._leave(v, RunResult.EINVAL)  # d.3 (6.17, kvm_x86_vcpu_pre_run)
             action = "block"
-        elif action == "check_sr":
-            if p.run_rejects_sipi_received:
-                return self._leave(v, RunResult.EINVAL)  # d.3 (6.17, WARN_ON_ONCE)
-            action = "block"
+        elif action == "einval":
+            return self._leave(v, RunResult.EINVAL)  # d.3 (6.17, SR: WARN_ON_ONCE)
         if action == "sipi_reset":
             # a.1/c.4: V1 resets from SIPI_RECEIVED at __vcpu_run entry, then runs.
             is_bsp = self.is_bsp(vcpu)
@@ -1077,12 +1120,12 @@ class Machine:
     def _guest_event_enabled(self, v: VCpu) -> bool:
         if v.req_event or v.nmi_pending:
             return True
-        return self.gen >= 3 and v.smi_pending and not v.smm
+        return self.profile.smm_emulation and v.smi_pending and not v.smm
 
     def _wake_enabled(self, v: VCpu) -> bool:
         if not self.runnable(v):
             return False
-        if self.gen == 1 or v.mp_state != IR:
+        if self.profile.sender_writes_mp_state or v.mp_state != IR:
             return True
         # In IR only a pending, allowed INIT/SIPI changes anything (else the kernel spins).
         return (v.pending_init or v.pending_sipi) and self.init_allowed(v)
@@ -1113,12 +1156,12 @@ class Machine:
         """Reaction: vcpu_enter_guest with KVM_REQ_EVENT (processing point, rule 8)."""
         v = self.vcpus[vcpu]
         v.req_event = False
-        if self.gen >= 2:
+        if not self.profile.sender_writes_mp_state:
             self._accept_events(v)
         if v.mp_state != RUN:
             v.phase = Phase.BLOCKED  # IR (or V1: whatever the sender wrote): do not enter
             return
-        if self.gen >= 3 and v.smi_pending and not v.smm and self.smm_supported:
+        if self.profile.smm_emulation and v.smi_pending and not v.smm and self.smm_supported:
             v.smi_pending = False
             v.smm = True  # enter_smm; the SMI handler then runs guest code
             R.guest_ran(v.regs)
@@ -1129,9 +1172,9 @@ class Machine:
     def _wake(self, vcpu: int) -> None:
         """Reaction: a blocked vCPU wakes (rules 18-20; a.1 for V1)."""
         v = self.vcpus[vcpu]
-        if self.gen >= 2:
+        if not self.profile.sender_writes_mp_state:
             self._accept_events(v)
-        table = WAKE[self.gen]
+        table = self._wake_table
         new, nxt = table.get(v.mp_state, table[ANY])
         if new is not KEEP:
             v.mp_state = new  # rule 19: H -> R even if the waking SIPI was dropped

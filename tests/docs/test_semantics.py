@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 BOOKS = ("semantics.md", "host-findings.md")
 SCANNED = ()  # every tracked file: kvmtest/, reference/, tests/, docs/, guests/, ...
-NOT_SWITCHES = {"name", "description"}
+NOT_SWITCHES = {"name", "description", "releases", "changes"}
 
 _ANCHOR = re.compile(r'<a id="([^"]+)"></a>')
 

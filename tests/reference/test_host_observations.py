@@ -59,7 +59,7 @@ def obs4(profile):
     m.get_mp_state(1)
     assert m.set_mp_state(1, MpState.SIPI_RECEIVED) == 0
     state = m.get_mp_state(1)
-    if m.gen == 1:  # V1 resets from SIPI_RECEIVED when KVM_RUN is entered
+    if m.profile.sender_writes_mp_state:  # V1 resets from SIPI_RECEIVED when KVM_RUN is entered
         m.enter_run(1)
         m.kick_out(1)
         state = m.get_mp_state(1)

@@ -33,9 +33,9 @@ def ipi(m: Machine, sender: int, dm: int, dest: int = 0, vector: int = 0, **kw):
 def process(m: Machine, vcpu: int) -> int:
     """Reach a processing point from outside KVM_RUN and report the state.
 
-    Generation 2+: KVM_GET_MP_STATE (rule 24). Linux 3.9 has no pending events: the work is
+    Pending events: KVM_GET_MP_STATE (rule 24). Linux 3.9 has no pending events: the work is
     done by KVM_RUN (a SIPI_RECEIVED vCPU resets at entry), so run and kick the thread out."""
-    if m.gen == 1 and m.vcpus[vcpu].mp_state == MpState.SIPI_RECEIVED:
+    if m.profile.sender_writes_mp_state and m.vcpus[vcpu].mp_state == MpState.SIPI_RECEIVED:
         m.enter_run(vcpu)
         m.kick_out(vcpu)
     return m.get_mp_state(vcpu)
@@ -44,7 +44,7 @@ def process(m: Machine, vcpu: int) -> int:
 def boot_ap(m: Machine, vcpu: int = 1, vector: int = 0x10) -> None:
     """INIT, SIPI, then KVM_RUN until the AP runs guest code; the guest runs; kick it out."""
     assert msi(m, INIT, vcpu) == 1
-    if m.gen >= 2:
+    if not m.profile.sender_writes_mp_state:
         m.get_mp_state(vcpu)
     assert msi(m, SIPI, vcpu, vector) == 1
     for _ in range(3):
