@@ -64,27 +64,12 @@ class HostInfo:
         return data
 
 
-def kernel_version(release: str) -> tuple[int, int]:
-    """(major, minor) from a release string such as '6.18.44-fc-v595'; (0, 0) if unparsable."""
-    parts = release.split("-")[0].split(".")
-    try:
-        return int(parts[0]), int(parts[1])
-    except (IndexError, ValueError):
-        return 0, 0
-
-
 def default_profile(release: str) -> str:
-    """The model profile that should judge a kernel of this release."""
-    version = kernel_version(release)
-    if version >= (6, 17) or version == (0, 0):
-        return "mainline"
-    if version >= (6, 12):
-        return "linux-6.12"
-    if version >= (6, 0):
-        return "linux-6.1"
-    if version >= (3, 10):
-        return "linux-3.10"
-    return "linux-3.9"
+    """The model profile that judges a kernel of this release (``reference.profile_for_release``:
+    ModelError for a release no profile covers, rather than a neighbour's verdict)."""
+    from reference import profile_for_release
+
+    return profile_for_release(release).name
 
 
 def detect_backend(sys_module: str = "/sys/module") -> str:
