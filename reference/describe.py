@@ -77,7 +77,7 @@ def _events(p: Profile):
             ("processing: SIPI pending", proc(False, True), "12, 13, 24"),
             ("processing: INIT+SIPI pending", proc(True, True), "9, 24"),
         ]
-        if p.init_blocked_in_smm:
+        if p.smm_emulation:
 
             def smm(m: Machine) -> str:
                 v = m.vcpus[1]
@@ -165,7 +165,7 @@ def _set_mp_state_rows(p: Profile):
         rc = m.set_mp_state(1, value)
         shown = _name(m.vcpus[1].mp_state) if rc == 0 else "RUNNABLE (unchanged)"
         rows.append(("RUNNABLE", f"SET_MP_STATE({value})", shown, _pending(m), f"{rc}", "25-28"))
-    if p.init_blocked_in_smm:
+    if p.smm_emulation:
         m = _machine(p, RUN)
         m.vcpus[1].smm = True
         rc = m.set_mp_state(1, int(IR))
