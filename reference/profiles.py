@@ -245,7 +245,7 @@ _MODERN_WHITELIST = frozenset({0, 1, 2, 3, 4, 9})
 LINUX_3_9 = Profile(
     name="linux-3.9",
     description="V1, before 66450a21f996: the sender writes mp_state, SIPI_RECEIVED is visible",
-    # V1 is the 3.9 tree; older 3.x trees have the same code shape (docs/semantics.md, a.1).
+    # V1 as read in the 3.9 tree; 3.0-3.8 are assumed to share its shape (UNVERIFIED).
     releases=((3, 0), (3, 9)),
     sender_writes_mp_state=True,
     bsp_by_apic_base=False,

@@ -10,7 +10,9 @@ nothing, so the list cannot go stale.
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields, replace
+from pathlib import Path
 
 import pytest
 
@@ -384,6 +386,14 @@ def test_switch_metadata():
     assert SWITCHES["image"].choices == ("v1", "v2", "v3")
     assert SWITCHES["set_mp_state_whitelist"].kind == "set"
     assert "generation" not in names
+
+
+def test_switch_rules_match_the_switch_index():
+    """Each switch cites the rules docs/semantics.md's switch index gives it: one rule book."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "semantics.md").read_text()
+    index = text.split('<a id="switch-index"></a>', 1)[1]
+    rows = dict(re.findall(r"^\| `([a-z_0-9]+)` \| (.*?) \|$", index, re.MULTILINE))
+    assert {name: sw.rule for name, sw in SWITCHES.items()} == rows
 
 
 def test_profile_table_shows_layer_and_rule():
