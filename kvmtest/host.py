@@ -9,6 +9,8 @@ import os
 import platform
 from dataclasses import asdict, dataclass, field
 
+from reference import ModelError
+
 # Capabilities kvmtest uses, and whether full conformance mode needs them.
 CAPABILITIES = [
     ("KVM_CAP_IRQCHIP", True, "in-kernel PIC/IOAPIC/LAPIC"),
@@ -60,7 +62,11 @@ class HostInfo:
         data = asdict(self)
         data["full_mode"] = self.full_mode
         data["flavour"] = self.flavour
-        data["default_profile"] = default_profile(self.kernel)
+        data["default_profile"], data["profile_problem"] = None, None
+        try:
+            data["default_profile"] = default_profile(self.kernel)
+        except ModelError as exc:  # a release no profile covers: say so, judge nothing by it
+            data["profile_problem"] = str(exc)
         return data
 
 

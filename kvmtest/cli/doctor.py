@@ -3,6 +3,14 @@
 import json
 
 from kvmtest.host import CAPABILITIES, default_profile, probe
+from reference import ModelError
+
+
+def _profile_line(release: str) -> str:
+    try:
+        return f"{default_profile(release)} (chosen from the kernel release)"
+    except ModelError as exc:
+        return f"none: {exc}"
 
 
 def render_text(info) -> str:
@@ -14,7 +22,7 @@ def render_text(info) -> str:
         f"KVM API version   {info.api_version if info.api_version is not None else '-'}",
         f"vendor backend    {info.backend} (model flavour {info.flavour})",
         f"x2APIC for guests {'-' if info.x2apic is None else 'yes' if info.x2apic else 'no'}",
-        f"model profile     {default_profile(info.kernel)} (chosen from the kernel release)",
+        f"model profile     {_profile_line(info.kernel)}",
     ]
     if info.capabilities:
         lines.append("capabilities")

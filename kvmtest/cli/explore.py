@@ -1,28 +1,45 @@
-"""`kvmtest explore`: every interleaving of a trace's concurrent block, on the model."""
+"""`kvmtest explore`: every interleaving of a trace's concurrent block, on the model.
 
-import reference
+It explores the machine `kvmtest run` would replay: the same profile (and --set changes) and
+the same host facts (register flavour, SMM, CPUID) from the same probe.
+"""
+
+import sys
+
 from kvmtest.sim.explore import ExploreError, Explorer, render
+
+from .errors import EXIT_FAIL, EXIT_PASS, EXIT_USAGE, UsageError
+from .profiles import resolve_profile
 
 
 def main(args) -> int:
-    from kvmtest.host import FLAVOURS, detect_backend
+    from kvmtest.suite import choose_backend
     from kvmtest.trace.errors import TraceError
     from kvmtest.trace.load import load_trace
 
-    if args.profile not in reference.PROFILES:
-        known = ", ".join(reference.PROFILES)
-        print(f"kvmtest explore: unknown profile {args.profile!r} (known: {known})")
-        return 2
-    flavour = args.flavour or FLAVOURS.get(detect_backend(), "vmx")
-    status = 0
-    for path in args.traces:
-        try:
-            trace = load_trace(path)
-            result = Explorer(trace, args.profile, flavour).run()
-        except (TraceError, ExploreError) as exc:
-            print(f"kvmtest explore: {exc}")
-            return 2
-        print(render(result))
-        if result.violations:
-            status = 1
+    try:
+        profile = resolve_profile(args)
+    except UsageError as exc:
+        print(f"kvmtest explore: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    backend = choose_backend("auto", require_kvm=False)
+    host = backend.context
+    flavour = args.flavour or host.flavour
+    status = EXIT_PASS
+    try:
+        for path in args.traces:
+            try:
+                trace = load_trace(path)
+                explorer = Explorer(trace, profile, flavour, host.smm, host.cpuid_1_eax)
+                result = explorer.run()
+            except (TraceError, ExploreError) as exc:
+                print(f"kvmtest explore: {exc}", file=sys.stderr)
+                status = EXIT_USAGE
+                continue
+            print(render(result))
+            if result.violations and status == EXIT_PASS:
+                status = EXIT_FAIL
+    finally:
+        if host.kvm is not None:
+            host.kvm.close()
     return status

@@ -5,7 +5,8 @@ import sys
 
 from kvmtest import __version__
 
-EXIT_USAGE = 2
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
+from .profiles import add_profile_options, resolve_profile
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,10 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--require-kvm", action="store_true", help="with auto: fail instead of falling back"
     )
-    run.add_argument(
-        "--profile",
-        help="model profile judging the kernel (default: chosen from the kernel release)",
-    )
+    add_profile_options(run)
     _selection_options(run)
     run.add_argument(
         "--repeat", type=_positive, default=1, metavar="N", help="run each trace N times"
@@ -83,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(a shortest violating schedule is printed), 2 for bad input.",
     )
     explore.add_argument("traces", nargs="+", metavar="TRACE")
-    explore.add_argument("--profile", default="mainline", help="model profile (mainline)")
+    add_profile_options(explore, "mainline")
     explore.add_argument(
         "--flavour", choices=("vmx", "svm", "pvm"), help="register flavour (default: this host's)"
     )
@@ -95,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the transition table of a profile (markdown), the switches of every profile, or the "
         "mp_state graph as Graphviz dot (pipe it to `dot -Tsvg`).",
     )
-    model.add_argument("--profile", default="mainline", help="profile (mainline)")
+    add_profile_options(model, "mainline")
     model.add_argument(
         "--format", choices=("table", "profiles", "dot"), default="table", help="what to print"
     )
@@ -135,19 +133,15 @@ def _selection_options(parser) -> None:
 
 
 def _model(args) -> int:
-    import reference
     from reference import describe
 
-    if args.profile not in reference.PROFILES:
-        known = ", ".join(reference.PROFILES)
-        print(f"kvmtest model: unknown profile {args.profile!r} (known: {known})", file=sys.stderr)
-        return EXIT_USAGE
+    profile = resolve_profile(args)
     if args.format == "dot":
-        print(describe.state_graph_dot(args.profile), end="")
+        print(describe.state_graph_dot(profile), end="")
     elif args.format == "profiles":
         print(describe.profile_table(), end="")
     else:
-        print(describe.transition_table(args.profile), end="")
+        print(describe.transition_table(profile), end="")
     return 0
 
 
@@ -177,13 +171,16 @@ def main(argv=None) -> int:
 
             return matrix.main(args)
         if args.command == "model":
-            return _model(args)
+            try:
+                return _model(args)
+            except UsageError as exc:
+                print(f"kvmtest model: {exc}", file=sys.stderr)
+                return EXIT_USAGE
         if args.command == "explore":
             from kvmtest.cli import explore
 
             return explore.main(args)
         from kvmtest.cli import run as run_commands
-        from kvmtest.suite import UsageError
 
         try:
             if args.command == "run":
@@ -195,7 +192,7 @@ def main(argv=None) -> int:
             return EXIT_USAGE
     except KeyboardInterrupt:
         print("kvmtest: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `kvmtest ... | head`: the reader left; not an error of ours
         import os
 

@@ -6,20 +6,14 @@ import time
 
 from kvmtest import report
 from kvmtest import suite as runner
-from kvmtest.host import default_profile
+from kvmtest.cli.profiles import resolve_profile
 
 EXIT_USAGE = 2
 
 
-def _profile(args, backend) -> str:
-    import reference
-
-    if args.profile:
-        if args.profile not in reference.PROFILES:
-            known = ", ".join(reference.PROFILES)
-            raise runner.UsageError(f"unknown profile {args.profile!r} (known: {known})")
-        return args.profile
-    return default_profile(backend.host.get("kernel", ""))
+def _profile(args, backend):
+    """--profile / --set, or the profile covering the kernel under test."""
+    return resolve_profile(args, backend.host.get("kernel", ""))
 
 
 def run(args) -> int:
@@ -35,7 +29,8 @@ def run(args) -> int:
     chosen = runner.select(traces, args.patterns, args.tags)
     if not chosen and not load_errors:
         raise runner.UsageError("no trace matches the selection")
-    print(f"kvmtest: {backend.banner}; profile {profile}", file=sys.stderr)
+    label = profile.label
+    print(f"kvmtest: {backend.banner}; profile {label}", file=sys.stderr)
     start = time.perf_counter()
     with report.Progress(len(chosen) * args.repeat) as progress:
         results = runner.run_all(
@@ -47,9 +42,9 @@ def run(args) -> int:
             timeout=args.timeout,
             progress=progress,
         )
-    results += [runner.load_error_result(e, profile, backend.context.backend) for e in load_errors]
+    results += [runner.load_error_result(e, label, backend.context.backend) for e in load_errors]
     summary = runner.summarize(
-        results, backend.host, profile, backend.context.backend, time.perf_counter() - start
+        results, backend.host, label, backend.context.backend, time.perf_counter() - start
     )
     if args.format == "ktap":
         print(report.render_ktap(summary, nested="KSFT_TAP_LEVEL" in os.environ))
