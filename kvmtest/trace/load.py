@@ -19,8 +19,15 @@ import reprlib
 import stat
 
 import yaml
-from yaml.constructor import ConstructorError
+from yaml.composer import Composer
+from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+from yaml.resolver import Resolver
+
+try:  # libyaml's scanner and parser: about six times faster than PyYAML's own
+    from yaml._yaml import CParser
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    CParser = None
 
 from kvmtest import ops as f
 
@@ -55,8 +62,23 @@ class _Seq(list):
     item_lines: list = []
 
 
-class _Composer(yaml.SafeLoader):
-    """SafeLoader with bounded nesting, duplicate-key errors and line-carrying collections."""
+if CParser is not None:
+
+    class _Base(Composer, CParser, SafeConstructor, Resolver):
+        """libyaml's events, PyYAML's composer (bounded below) and safe constructor."""
+
+        def __init__(self, stream):
+            CParser.__init__(self, stream)
+            Composer.__init__(self)
+            SafeConstructor.__init__(self)
+            Resolver.__init__(self)
+
+else:  # pragma: no cover
+    _Base = yaml.SafeLoader
+
+
+class _Composer(_Base):
+    """A safe loader with bounded nesting, duplicate-key errors and line-carrying collections."""
 
     def __init__(self, stream):
         super().__init__(stream)
@@ -404,6 +426,13 @@ def load_trace(path: str) -> f.Trace:
 def _parse_yaml(text: str, path: str):
     if len(text) > MAX_BYTES:
         raise TraceError(path, 1, f"file is larger than the {MAX_BYTES >> 20} MiB limit")
+    bad = yaml.reader.Reader.NON_PRINTABLE.search(text)
+    if bad:
+        raise TraceError(
+            path,
+            _line_of(text, bad.start()),
+            f"not valid YAML: unacceptable character #x{ord(bad.group()):04x}",
+        )
     loader = _Composer(text)
     try:
         node = loader.get_single_node()
@@ -412,7 +441,11 @@ def _parse_yaml(text: str, path: str):
         _check_graph(node)
         return loader.construct_document(node)
     except yaml.reader.ReaderError as exc:
-        line = _line_of(text, exc.position)
+        if CParser is not None:  # libyaml counts in bytes of UTF-8 (a BOM inside the text)
+            head = text.encode("utf-8")[: exc.position].decode("utf-8", errors="replace")
+        else:  # pragma: no cover
+            head = text[: exc.position]
+        line = _line_of(head, len(head))
         what = f"#x{exc.character:04x}" if isinstance(exc.character, int) else "character"
         raise TraceError(path, line, f"not valid YAML: unacceptable character {what}") from None
     except yaml.YAMLError as exc:
