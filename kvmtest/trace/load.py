@@ -48,6 +48,14 @@ MAX_INT_DIGITS = 30  # no value in a trace needs more than 64 bits
 EXCERPT = 80  # characters of a value quoted in an error message
 
 
+class _Refused(ConstructorError):
+    """A YAML document the loader will not build (a limit, a duplicate key): said as it is,
+    without the "not valid YAML" of a syntax error."""
+
+    def __init__(self, problem: str, mark):
+        super().__init__(None, None, problem, mark)
+
+
 class _Map(dict):
     """A YAML mapping: `line` where it starts, `key_lines` where each key is."""
 
@@ -91,15 +99,11 @@ class _Composer(_Base):
         event = self.peek_event()
         self._nodes += 1
         if self._nodes > MAX_NODES:
-            raise ConstructorError(
-                None, None, f"more than {MAX_NODES} YAML nodes", event.start_mark
-            )
+            raise _Refused(f"more than {MAX_NODES} YAML nodes", event.start_mark)
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                raise ConstructorError(
-                    None, None, f"YAML nested deeper than {MAX_DEPTH} levels", event.start_mark
-                )
+                raise _Refused(f"YAML nested deeper than {MAX_DEPTH} levels", event.start_mark)
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -112,9 +116,7 @@ class _Composer(_Base):
         except Exception as exc:  # int('zz'), datetime(2001, 13, 1), a bad base64 ...
             tag = node.tag.rsplit(":", 1)[-1] if isinstance(node.tag, str) else "?"
             value = node.value if isinstance(node, ScalarNode) else ""
-            raise ConstructorError(
-                None,
-                None,
+            raise _Refused(
                 f"invalid !!{_clip(tag, 20)} value {_excerpt(value)}: {_clip(str(exc), 60)}",
                 node.start_mark,
             ) from None
@@ -123,9 +125,7 @@ class _Composer(_Base):
         text = self.construct_scalar(node)
         digits = re.sub(r"^[-+]?(0[xob])?|[_:]", "", str(text))
         if len(digits) > MAX_INT_DIGITS:
-            raise ConstructorError(
-                None,
-                None,
+            raise _Refused(
                 f"integer with more than {MAX_INT_DIGITS} digits ({_excerpt(text)})",
                 node.start_mark,
             )
@@ -145,9 +145,7 @@ class _Composer(_Base):
                 continue  # merged keys may be overridden: that is what << means
             key = self._key(key_node)
             if key in lines:
-                raise ConstructorError(
-                    None,
-                    None,
+                raise _Refused(
                     f"duplicate key {_excerpt(key)} (lines {lines[key]} and "
                     f"{key_node.start_mark.line + 1})",
                     key_node.start_mark,
@@ -166,14 +164,12 @@ class _Composer(_Base):
         try:
             hash(key)
         except TypeError:
-            raise ConstructorError(
-                None, None, "a mapping key must be a scalar", key_node.start_mark
-            ) from None
+            raise _Refused("a mapping key must be a scalar", key_node.start_mark) from None
         return key
 
     def construct_yaml_map(self, node):
         if not isinstance(node, MappingNode):
-            raise ConstructorError(None, None, f"!!map on a {node.id}", node.start_mark)
+            raise _Refused(f"!!map on a {node.id}", node.start_mark)
         data = _Map()
         data.line = node.start_mark.line + 1
         yield data
@@ -182,7 +178,7 @@ class _Composer(_Base):
 
     def construct_yaml_seq(self, node):
         if not isinstance(node, SequenceNode):
-            raise ConstructorError(None, None, f"!!seq on a {node.id}", node.start_mark)
+            raise _Refused(f"!!seq on a {node.id}", node.start_mark)
         data = _Seq()
         data.line = node.start_mark.line + 1
         data.item_lines = [n.start_mark.line + 1 for n in node.value]
@@ -215,13 +211,9 @@ def _check_graph(root) -> None:
             depth = 1 + max((done[id(c)][1] for c in children), default=0)
             if size > MAX_NODES:
                 what = "YAML aliases expand" if shared else "the YAML has"
-                raise ConstructorError(
-                    None, None, f"{what} beyond {MAX_NODES} nodes", node.start_mark
-                )
+                raise _Refused(f"{what} beyond {MAX_NODES} nodes", node.start_mark)
             if depth > MAX_DEPTH:
-                raise ConstructorError(
-                    None,
-                    None,
+                raise _Refused(
                     f"YAML aliases nest deeper than {MAX_DEPTH} levels",
                     node.start_mark,
                 )
@@ -234,9 +226,7 @@ def _check_graph(root) -> None:
         stack.append((node, True))
         for child in children:
             if id(child) in on_path:
-                raise ConstructorError(
-                    None, None, "recursive YAML alias (a node contains itself)", child.start_mark
-                )
+                raise _Refused("recursive YAML alias (a node contains itself)", child.start_mark)
             stack.append((child, False))
 
 
@@ -456,7 +446,9 @@ def _parse_yaml(text: str, path: str):
         context = getattr(exc, "context_mark", None)
         if getattr(exc, "context", None) and context is not None and context.line + 1 != line:
             problem += f" ({_clip(exc.context, 80)} that starts at line {context.line + 1})"
-        raise TraceError(path, line, f"not valid YAML: {problem}") from None
+        if not isinstance(exc, _Refused):
+            problem = f"not valid YAML: {problem}"
+        raise TraceError(path, line, problem) from None
     finally:
         loader.dispose()
 
@@ -558,7 +550,7 @@ def _check_sequence(ctx, steps) -> None:
     for step in steps:
         if step.kind in ("concurrently", "smp_boot"):
             if step.kind in first:
-                what = "a concurrently block" if step.kind == "concurrently" else "smp_boot"
+                what = "concurrently block" if step.kind == "concurrently" else "smp_boot"
                 raise ctx.error(
                     step.line,
                     f"only one {what} per trace (the first is at line {first[step.kind]})",
