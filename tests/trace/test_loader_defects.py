@@ -123,14 +123,10 @@ def test_alias_bomb_is_refused_before_it_expands():
     assert "aliases expand beyond" in err.reason
 
 
-def test_alias_bomb_in_a_child_stays_small():
-    path = "/tmp/kvmtest-bomb-test.yaml"
-    with open(path, "w") as stream:
-        stream.write(BOMB)
-    try:
-        out = load_in_child(path)
-    finally:
-        os.unlink(path)
+def test_alias_bomb_in_a_child_stays_small(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    out = load_in_child(str(path))
     assert out.startswith("TraceError") and len(out) < 400
 
 
