@@ -31,16 +31,19 @@ def corpus_dir() -> str:
 
 
 def load_traces(paths) -> tuple[list, list]:
-    """(traces, errors): each malformed file becomes an ERROR result, never a traceback."""
-    files = find_trace_files(paths or [corpus_dir()])
-    traces, errors = [], []
+    """(traces, errors): each malformed or unreadable path becomes a TraceError (an ERROR
+    result), never a traceback, and never stops the other files from loading."""
+    files, errors = find_trace_files(paths or [corpus_dir()])
+    traces = []
     for path in files:
-        if not os.path.exists(path):
-            raise UsageError(f"{path}: no such file or directory")
         try:
             traces.append(load_trace(path))
         except TraceError as exc:
             errors.append(exc)
+        except Exception as exc:  # a loader bug: report it against the file, keep going
+            errors.append(
+                TraceError(path, 1, f"internal error: {type(exc).__name__}: {str(exc)[:200]}")
+            )
     return traces, errors
 
 

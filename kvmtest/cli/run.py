@@ -46,6 +46,7 @@ def run(args) -> int:
     summary = runner.summarize(
         results, backend.host, label, backend.context.backend, time.perf_counter() - start
     )
+    summary.bad_input = bool(load_errors)  # the reports' exit_code is the process's
     if args.format == "ktap":
         print(report.render_ktap(summary, nested="KSFT_TAP_LEVEL" in os.environ))
     elif args.format == "json":
@@ -56,7 +57,7 @@ def run(args) -> int:
         report.write_junit(summary, args.junit_xml)
     if backend.context.kvm is not None:
         backend.context.kvm.close()
-    return EXIT_USAGE if load_errors else summary.exit_code
+    return summary.exit_code
 
 
 def list_traces(args) -> int:

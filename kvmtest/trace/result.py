@@ -148,13 +148,17 @@ class RunSummary:
     profile: str
     backend: str
     elapsed: float
+    bad_input: bool = False  # a trace file could not be loaded: exit 2, as for bad usage
 
     def count(self, status: Status) -> int:
         return sum(1 for r in self.results if r.status is status)
 
     @property
     def exit_code(self) -> int:
-        """kselftest codes: 0 all passed, 1 any failure or error, 4 everything skipped."""
+        """kselftest codes: 0 all passed, 1 any failure or error, 4 everything skipped; 2 when
+        an input file was malformed or unreadable."""
+        if self.bad_input:
+            return 2
         if any(r.status in (Status.FAIL, Status.ERROR) for r in self.results):
             return 1
         if self.results and all(r.status is Status.SKIP for r in self.results):

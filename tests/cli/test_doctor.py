@@ -43,6 +43,7 @@ def test_doctor_without_usable_device_says_reference_only(device, reason):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for unshare -m")
+@pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="no /dev/kvm to hide")
 def test_doctor_with_dev_kvm_hidden_by_a_bind_mount():
     script = f"mount --bind /dev/null /dev/kvm && exec {sys.executable} -m kvmtest doctor"
     result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True)

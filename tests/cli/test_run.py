@@ -54,6 +54,7 @@ def test_pre_patch_profile_fails_on_this_kernel():
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for unshare -m")
+@pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="no /dev/kvm to hide")
 def test_hidden_dev_kvm_falls_back_to_reference_with_a_banner():
     run = f"mount --bind /dev/null /dev/kvm && exec {sys.executable} -m kvmtest run"
     result = subprocess.run(["unshare", "-m", "sh", "-c", run], capture_output=True, text=True)

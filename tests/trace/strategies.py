@@ -1,5 +1,7 @@
 """Hypothesis strategies for whole traces (kvmtest.ops), valid as the loader defines valid."""
 
+import dataclasses
+
 from hypothesis import strategies as st
 
 import reference
@@ -95,7 +97,12 @@ def traces(draw):
         boot = f.SmpBoot(draw(st.booleans()), draw(st.integers(0x08, 0x9F)))
         steps.insert(draw(st.integers(0, len(steps))), boot)
     if draw(st.booleans()):
-        steps.insert(draw(st.integers(0, len(steps))), draw(concurrently(n, guest)))
+        at = draw(st.integers(0, len(steps)))
+        steps.insert(at, draw(concurrently(n, guest)))
+        # The loader refuses observe.expect after a block: the engine never checks it there.
+        steps[at + 1 :] = [
+            dataclasses.replace(s, expect={}) if s.kind == "observe" else s for s in steps[at + 1 :]
+        ]
     profiles = list(reference.PROFILES)
     return f.Trace(
         name=draw(NAMES),

@@ -46,10 +46,10 @@ steps:
 @pytest.mark.parametrize(
     "text, line, reason",
     [
-        ("name: a\nsteps: []\n", 1, "steps must be a non-empty list"),
+        ("name: a\nsteps: []\n", 2, "steps must be a non-empty list"),
         ("name: Bad Name\nsteps: [{observe: 0}]\n", 1, "must be lower-case"),
         ("steps: [{observe: 0}]\n", 1, "missing key 'name'"),
-        ("name: a\nstep: [{observe: 0}]\n", 1, "unknown key 'step'"),
+        ("name: a\nstep: [{observe: 0}]\n", 2, "unknown key 'step'"),
         ("name: a\nsteps:\n  - observe: 0\n  - msii: {}\n", 4, "unknown step 'msii'"),
         ("name: a\nsteps:\n  - msi: {dest: 256, delivery: init}\n", 3, "out of range"),
         ("name: a\nsteps:\n  - msi: {dest: 1, delivery: inti}\n", 3, "not one of"),
@@ -65,7 +65,7 @@ steps:
         ("name: a\nsetup: {vcpus: 0}\nsteps: [{observe: 0}]\n", 2, "setup.vcpus = 0"),
         ("name: a\nsteps:\n  - {msi: {dest: 1, delivery: init}, observe: 1}\n", 3, "exactly one"),
         ("name: a\nsteps: [{observe: 1}\n", 3, "flow sequence that starts at line 2"),
-        ("name: a\nrules: [x]\nsteps: [{observe: 1}]\n", 1, "must be a rule number"),
+        ("name: a\nrules: [x]\nsteps: [{observe: 1}]\n", 2, "must be a rule number"),
     ],
 )
 def test_malformed_trace_names_file_line_and_reason(text, line, reason):
