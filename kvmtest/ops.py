@@ -25,6 +25,18 @@ SEGMENT_FIELDS = ("selector", "base", "limit", "type", "present", "dpl", "db", "
 TABLES = ("gdt", "idt")
 REGISTER_FIELDS = ("rip", "rflags", "rdx")
 EVENT_FIELDS = ("events.sipi_vector", "events.latched_init", "events.smm")
+# LAPIC registers a trace can set and read (KVM_SET_LAPIC / KVM_GET_LAPIC): `id` is the APIC ID
+# (bits 31:24 of the xAPIC register, the whole register in x2APIC mode); the others are the
+# registers' raw values.
+LAPIC_REGISTERS = ("id", "ldr", "dfr", "spiv")
+LAPIC_FIELDS = tuple(f"lapic.{name}" for name in LAPIC_REGISTERS)
+# MSRs a trace can set and read (KVM_SET_MSRS / KVM_GET_MSRS), by name -> index.
+MSRS = {"apic_base": 0x1B}
+MSR_FIELDS = tuple(f"msr.{name}" for name in MSRS)
+SEGMENT_FIELD_BITS = {
+    "selector": 16, "base": 64, "limit": 32, "type": 4, "present": 1, "dpl": 2,
+    "db": 1, "s": 1, "l": 1, "g": 1, "avl": 1,
+}  # fmt: skip
 
 # Operations a concurrent block may contain: what the explorer and the kvm side both run
 # (guest commands by their command name).
@@ -41,7 +53,7 @@ BLOCK_OPS = (
 )
 
 # What an observation can read, in the order a VMM reads it unless the trace says otherwise.
-READS = ("mp_state", "regs", "sregs", "events")
+READS = ("mp_state", "regs", "sregs", "events", "lapic", "msrs")
 DEFAULT_READ = ("mp_state", "regs", "sregs")
 
 
@@ -57,7 +69,25 @@ def fields_of_read(read: str) -> tuple[str, ...]:
         return segs + tables + ("cr0",)
     if read == "events":
         return EVENT_FIELDS
+    if read == "lapic":
+        return LAPIC_FIELDS
+    if read == "msrs":
+        return MSR_FIELDS
     raise ValueError(read)
+
+
+# What set_sregs can change: every field a `sregs` read produces, by the same names.
+SREGS_FIELDS = fields_of_read("sregs")
+
+
+def field_bits(name: str) -> int:
+    """Width of a settable register field ("cs.type": 4, "gdt.limit": 16, "cr0": 64)."""
+    if name in ("cr0", "rip", "rflags", "rdx"):
+        return 64
+    table, _, part = name.partition(".")
+    if table in TABLES:
+        return 64 if part == "base" else 16
+    return SEGMENT_FIELD_BITS[part]
 
 
 ALL_FIELDS = frozenset(f for r in READS for f in fields_of_read(r))
@@ -150,10 +180,39 @@ class SetVcpuEvents(Step):
 
 @dataclass(frozen=True)
 class SetLapic(Step):
-    """KVM_SET_LAPIC with the vCPU's own state: re-enrols every vCPU in the APIC map."""
+    """KVM_GET_LAPIC, the given registers replaced (none: the vCPU's own state), KVM_SET_LAPIC;
+    it re-enrols every vCPU in the APIC map either way."""
 
     vcpu: int
+    registers: tuple = ()  # ((name, value), ...) in LAPIC_REGISTERS order
     kind = "set_lapic"
+
+
+@dataclass(frozen=True)
+class SetRegs(Step):
+    """KVM_GET_REGS, the given registers replaced, KVM_SET_REGS."""
+
+    vcpu: int
+    values: tuple  # ((name, value), ...) in REGISTER_FIELDS order
+    kind = "set_regs"
+
+
+@dataclass(frozen=True)
+class SetSregs(Step):
+    """KVM_GET_SREGS, the given fields ("cs.selector", "gdt.base", "cr0") replaced, SET_SREGS."""
+
+    vcpu: int
+    values: tuple  # ((name, value), ...) in SREGS_FIELDS order
+    kind = "set_sregs"
+
+
+@dataclass(frozen=True)
+class SetMsrs(Step):
+    """KVM_SET_MSRS of the named MSRs (IA32_APIC_BASE); result: how many KVM took."""
+
+    vcpu: int
+    values: tuple  # ((name, value), ...), names of MSRS
+    kind = "set_msrs"
 
 
 @dataclass(frozen=True)
