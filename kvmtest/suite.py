@@ -7,6 +7,7 @@ traces run on threads. Every trace runs on its own daemon thread with a deadline
 is reported as an error and the run goes on.
 """
 
+import datetime
 import fnmatch
 import os
 import queue
@@ -63,10 +64,31 @@ class Backend:
     context: HostContext
     banner: str  # shown on stderr: why this backend
     host: dict  # host description for the reports
+    # Set when KVM was wanted but is unusable: nothing is replayed, every trace is reported as
+    # SKIP (auto fell back: kselftest's skip) or ERROR (--require-kvm / --backend kvm).
+    unusable: str | None = None
+    required: bool = False
+
+    @property
+    def name(self) -> str:
+        """The backend the reports name: kvm, reference, or none (nothing was replayed)."""
+        return "none" if self.unusable else self.context.backend
+
+    def judged(self, profile: str) -> tuple[str, str]:
+        """(what the run judges, what it does not), in words for the reports."""
+        if self.unusable:
+            return "nothing", f"this kernel's KVM ({self.unusable})"
+        if self.context.backend == "reference":
+            return (
+                f"the model (profile {profile}) against the traces' pinned expectations",
+                "this kernel's KVM (--backend reference)",
+            )
+        return f"this kernel's KVM against the model (profile {profile})", ""
 
 
 def choose_backend(requested: str, require_kvm: bool) -> Backend:
-    """auto: real KVM where usable, else reference-only with a banner; --require-kvm: error."""
+    """auto: real KVM where usable; otherwise nothing is judged (every trace SKIP, exit 4), or
+    with --require-kvm / --backend kvm every trace ERROR (exit 1). reference: the model alone."""
     from kvmtest import host as host_probe
 
     info = host_probe.probe()
@@ -76,14 +98,20 @@ def choose_backend(requested: str, require_kvm: bool) -> Backend:
             HostContext("reference", flavour=info.flavour), "reference-only (as asked)", description
         )
     if not info.full_mode:
-        reason = info.problems[0]
-        if requested == "kvm" or require_kvm:
-            advice = f"; {info.advice[0]}" if info.advice else ""
-            raise UsageError(f"KVM is not usable: {reason}{advice}")
+        reason = f"KVM is not usable: {info.problems[0]}"
+        required = requested == "kvm" or require_kvm
+        advice = f"; {info.advice[0]}" if info.advice else ""
+        if required:
+            flag = "--backend kvm" if requested == "kvm" else "--require-kvm"
+            banner = f"FAILED: {reason}{advice} ({flag})"
+        else:
+            banner = f"NOT JUDGED: {reason}{advice}; every trace is reported as skipped (exit 4)"
         return Backend(
             HostContext("reference", flavour=info.flavour),
-            f"REFERENCE-ONLY MODE: {reason}. Results check the model, not this kernel's KVM.",
+            banner,
             description,
+            unusable=reason,
+            required=required,
         )
     from kvmtest.kvm import Kvm
 
@@ -101,8 +129,47 @@ def choose_backend(requested: str, require_kvm: bool) -> Backend:
     return Backend(context, f"kvm: {info.kernel}, {info.backend}", description)
 
 
-def run_all(traces, profile, context, *, repeat=1, jobs=1, timeout=60.0, progress=None) -> list:
-    """Run every (trace, repetition); results in corpus order."""
+def unjudged_results(traces, profile: str, backend: Backend) -> list:
+    """What a run reports when KVM was wanted and is unusable: nothing was replayed."""
+    status = Status.ERROR if backend.required else Status.SKIP
+    if backend.required:
+        message = f"{backend.unusable} (KVM required)"
+    else:
+        message = f"not judged: {backend.unusable}"
+    return [
+        TraceResult.of(trace, profile, backend.name, status=status, message=message)
+        for trace in traces
+    ]
+
+
+def nothing_to_check(trace: f.Trace, profile: str) -> str | None:
+    """Why the model alone has nothing to check in `trace` under `profile`, or None.
+
+    Without KVM the only checks are the trace's pinned expectations (observe.expect) and, for a
+    concurrent block, the model's properties, both only under the profiles the trace pins.
+    """
+    if profile not in trace.pinned_profiles:
+        pinned = ", ".join(trace.pinned_profiles) or "none"
+        return (
+            f"nothing to check without KVM: no pinned expectation for profile {profile} "
+            f"(pinned: {pinned})"
+        )
+    for step in trace.steps:
+        if isinstance(step, f.Concurrently):
+            return None  # its properties are checked
+        if isinstance(step, f.Observe) and step.expect:
+            return None
+    return "nothing to check without KVM: the trace pins no expectation"
+
+
+def run_all(
+    traces, profile, context, *, repeat=1, jobs=1, timeout=60.0, progress=None, on_result=None
+) -> list:
+    """Run every (trace, repetition); results in corpus order.
+
+    `progress.advance(result)` and `on_result(result)` are called as each result completes (on
+    the runner threads, in completion order): the KTAP stream prints from there.
+    """
     work = [(i, r, t) for i, t in enumerate(traces) for r in range(repeat)]
     results: dict = {}
     lock = threading.Lock()
@@ -121,6 +188,8 @@ def run_all(traces, profile, context, *, repeat=1, jobs=1, timeout=60.0, progres
                 results[(index, rep)] = result
             if progress is not None:
                 progress.advance(result)
+            if on_result is not None:
+                on_result(result)
 
     threads = [
         threading.Thread(target=worker, daemon=True, name=f"trace-runner-{n}")
@@ -134,6 +203,12 @@ def run_all(traces, profile, context, *, repeat=1, jobs=1, timeout=60.0, progres
 
 
 def _run_with_deadline(trace, profile, context, rep, timeout) -> TraceResult:
+    if context.backend == "reference" and trace.applies_to(profile):
+        reason = nothing_to_check(trace, profile)
+        if reason:
+            return TraceResult.of(
+                trace, profile, context.backend, rep, status=Status.SKIP, message=reason
+            )
     box = []
     thread = threading.Thread(
         target=lambda: box.append(run_trace(trace, profile, context, rep)), daemon=True
@@ -151,6 +226,7 @@ def _run_with_deadline(trace, profile, context, rep, timeout) -> TraceResult:
         status=Status.ERROR,
         message=f"timed out after {timeout:g} s (the trace's VM is abandoned)",
         elapsed=time.perf_counter() - start,
+        timed_out=True,
     )
 
 
@@ -166,8 +242,30 @@ def load_error_result(error: TraceError, profile: str, backend: str) -> TraceRes
     )
 
 
-def summarize(results, host, profile, backend, elapsed) -> RunSummary:
-    return RunSummary(results=results, host=host, profile=profile, backend=backend, elapsed=elapsed)
+def summarize(results, host, profile, backend, elapsed, **fields) -> RunSummary:
+    return RunSummary(
+        results=results, host=host, profile=profile, backend=backend, elapsed=elapsed, **fields
+    )
+
+
+def utc_now() -> str:
+    """An ISO 8601 UTC time stamp to the millisecond: 2026-12-01T15:30:19.123Z."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def path_bases(paths) -> tuple:
+    """Directories trace paths are reported relative to, first match wins: the one holding the
+    kvmtest package (the corpus shows as kvmtest/corpus/NAME.yaml on every host), the parent of
+    each PATH's trace root (PATH itself when a directory, else its directory), so that the
+    root's name stays in the path, and the current directory."""
+    bases = [os.path.dirname(os.path.dirname(corpus_dir()))]
+    for path in paths or ():
+        absolute = os.path.abspath(path)
+        root = absolute if os.path.isdir(absolute) else os.path.dirname(absolute)
+        bases.append(os.path.dirname(root))
+    bases.append(os.getcwd())
+    return tuple(dict.fromkeys(os.path.abspath(b) for b in bases))
 
 
 def trace_rules(trace: f.Trace) -> str:
