@@ -196,9 +196,13 @@ def _footer(summary) -> list:
         where += f", host {host}"
     # The last line is the plain closing line CI systems read; an error counts as a failure
     # there, so a crashed trace can never look like a clean run.
+    judged = [f"judged: {one_line(summary.judged)}"] if summary.judged else []
+    if summary.not_judged:
+        judged.append(f"not judged: {one_line(summary.not_judged)}")
     return [
         f"{passed} passed, {failed} failed, {errors} errors, {skipped} skipped",
         where,
+        *judged,
         f"elapsed {format_duration(summary.elapsed)}",
         f"{passed} passed, {failed + errors} failed, {skipped} skipped",
     ]
