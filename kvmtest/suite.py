@@ -202,6 +202,11 @@ def run_all(
     return [results[(i, r)] for i, r, _ in work]
 
 
+def run_one(trace, profile, context, repeat=0, timeout=60.0) -> TraceResult:
+    """One trace, as run_all runs each: nothing-to-check skips, a deadline, never raises."""
+    return _run_with_deadline(trace, profile, context, repeat, timeout)
+
+
 def _run_with_deadline(trace, profile, context, rep, timeout) -> TraceResult:
     if context.backend == "reference" and trace.applies_to(profile):
         reason = nothing_to_check(trace, profile)

@@ -47,6 +47,11 @@ def render_text(summary, verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
+def render_result(result, verbose: bool = True) -> str:
+    """One result as the report shows it (its line and the diff under it), no footer."""
+    return "\n".join(_single_lines(result, len(one_line(result.name)), verbose))
+
+
 def _group_lines(group: TraceGroup, width: int, verbose: bool) -> list:
     if not group.repeated:
         return _single_lines(group.results[0], width, verbose)
