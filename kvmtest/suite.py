@@ -261,15 +261,17 @@ def utc_now() -> str:
 
 def path_bases(paths) -> tuple:
     """Directories trace paths are reported relative to, first match wins: the one holding the
-    kvmtest package (the corpus shows as kvmtest/corpus/NAME.yaml on every host), the parent of
-    each PATH's trace root (PATH itself when a directory, else its directory), so that the
-    root's name stays in the path, and the current directory."""
-    bases = [os.path.dirname(os.path.dirname(corpus_dir()))]
+    kvmtest package (the corpus shows as kvmtest/corpus/NAME.yaml on every host), then the
+    parent of each PATH's trace root (PATH itself when a directory, else its directory), most
+    specific first, so that the root's own name stays in the path, then the current
+    directory."""
+    roots = []
     for path in paths or ():
         absolute = os.path.abspath(path)
         root = absolute if os.path.isdir(absolute) else os.path.dirname(absolute)
-        bases.append(os.path.dirname(root))
-    bases.append(os.getcwd())
+        roots.append(os.path.dirname(root))
+    roots.sort(key=lambda p: (-p.count(os.sep), p))
+    bases = [os.path.dirname(os.path.dirname(corpus_dir())), *roots, os.getcwd()]
     return tuple(dict.fromkeys(os.path.abspath(b) for b in bases))
 
 
