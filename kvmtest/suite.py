@@ -172,6 +172,7 @@ def run_all(
     """
     work = [(i, r, t) for i, t in enumerate(traces) for r in range(repeat)]
     results: dict = {}
+    failures: list = []
     lock = threading.Lock()
     pending: queue.Queue = queue.Queue()
     for item in work:
@@ -186,10 +187,14 @@ def run_all(
             result = _run_with_deadline(trace, profile, context, rep, timeout)
             with lock:
                 results[(index, rep)] = result
-            if progress is not None:
-                progress.advance(result)
-            if on_result is not None:
-                on_result(result)
+            try:
+                if progress is not None:
+                    progress.advance(result)
+                if on_result is not None:
+                    on_result(result)
+            except BaseException as exc:  # re-raised on the caller's thread (broken pipe, say)
+                with lock:
+                    failures.append(exc)
 
     threads = [
         threading.Thread(target=worker, daemon=True, name=f"trace-runner-{n}")
@@ -199,6 +204,8 @@ def run_all(
         thread.start()
     for thread in threads:
         thread.join()
+    if failures:
+        raise failures[0]
     return [results[(i, r)] for i, r, _ in work]
 
 

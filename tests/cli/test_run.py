@@ -127,3 +127,18 @@ def test_list_prints_corpus_with_rules():
     assert result.returncode == 0
     line = next(x for x in result.stdout.splitlines() if x.startswith("msi-init-sipi "))
     assert "1, 3, 10, 13, 24, 39" in line
+
+
+def test_broken_pipe_exits_1_without_a_traceback():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kvmtest", "run", "--backend", "reference", "--format", "ktap"]
+        + ["--repeat", "40"],  # more KTAP than a pipe holds: the writer must meet the EPIPE
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    process.stdout.readline()
+    process.stdout.close()  # the reader leaves, as `| head -1` does
+    code = process.wait(timeout=120)
+    stderr = process.stderr.read()
+    assert code == 1 and "Traceback" not in stderr, stderr

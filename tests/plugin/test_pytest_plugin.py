@@ -214,3 +214,27 @@ def test_xdist_dist_each_over_two_ssh_gateways(tmp_path, sshd):
     collected = pytest_run(tmp_path, "--kvmtest", "--collect-only", "-q", "-k", "msi-init-sipi")
     items = [line for line in collected.stdout.splitlines() if "::" in line]
     assert passed == 2 * len(items)  # every host ran every trace
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for unshare -m")
+@pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="no /dev/kvm to hide")
+def test_without_kvm_traces_skip_or_fail(tmp_path):
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    base = (
+        f"mount --bind /dev/null /dev/kvm && exec {PYTHON} -m pytest -c {tmp_path}/pytest.ini "
+        f"--rootdir {tmp_path} -p no:cacheprovider --kvmtest -k msi-init-sipi -rs"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "KVMTEST_REQUIRE_KVM"}
+    hidden = subprocess.run(
+        ["unshare", "-m", "sh", "-c", base], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    assert hidden.returncode == 0 and " skipped" in hidden.stdout, hidden.stdout
+    assert "passed" not in hidden.stdout and "not judged: KVM is not usable" in hidden.stdout
+    required = subprocess.run(
+        ["unshare", "-m", "sh", "-c", base + " --kvmtest-backend kvm"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert required.returncode == 1 and " failed" in required.stdout, required.stdout
+    assert "KVM is not usable" in required.stdout
