@@ -142,26 +142,6 @@ def unjudged_results(traces, profile: str, backend: Backend) -> list:
     ]
 
 
-def nothing_to_check(trace: f.Trace, profile: str) -> str | None:
-    """Why the model alone has nothing to check in `trace` under `profile`, or None.
-
-    Without KVM the only checks are the trace's pinned expectations (observe.expect) and, for a
-    concurrent block, the model's properties, both only under the profiles the trace pins.
-    """
-    if profile not in trace.pinned_profiles:
-        pinned = ", ".join(trace.pinned_profiles) or "none"
-        return (
-            f"nothing to check without KVM: no pinned expectation for profile {profile} "
-            f"(pinned: {pinned})"
-        )
-    for step in trace.steps:
-        if isinstance(step, f.Concurrently):
-            return None  # its properties are checked
-        if isinstance(step, f.Observe) and step.expect:
-            return None
-    return "nothing to check without KVM: the trace pins no expectation"
-
-
 def run_all(
     traces, profile, context, *, repeat=1, jobs=1, timeout=60.0, progress=None, on_result=None
 ) -> list:
@@ -210,17 +190,11 @@ def run_all(
 
 
 def run_one(trace, profile, context, repeat=0, timeout=60.0) -> TraceResult:
-    """One trace, as run_all runs each: nothing-to-check skips, a deadline, never raises."""
+    """One trace, as run_all runs each: with a deadline, never raises."""
     return _run_with_deadline(trace, profile, context, repeat, timeout)
 
 
 def _run_with_deadline(trace, profile, context, rep, timeout) -> TraceResult:
-    if context.backend == "reference" and trace.applies_to(profile):
-        reason = nothing_to_check(trace, profile)
-        if reason:
-            return TraceResult.of(
-                trace, profile, context.backend, rep, status=Status.SKIP, message=reason
-            )
     box = []
     thread = threading.Thread(
         target=lambda: box.append(run_trace(trace, profile, context, rep)), daemon=True
