@@ -164,7 +164,17 @@ class _Session:
             if chosen and chosen not in reference.PROFILES:
                 known = ", ".join(reference.PROFILES)
                 raise pytest.UsageError(f"--kvmtest-profile {chosen!r}: known: {known}")
-            self._profile = chosen or default_profile(self.backend().host.get("kernel", ""))
+            if not chosen:
+                kernel = self.backend().host.get("kernel", "")
+                try:
+                    chosen = default_profile(kernel)
+                except Exception as exc:  # reference.ModelError: no profile covers the release
+                    pytest.fail(
+                        f"no model profile for kernel {kernel}: {exc} (--kvmtest-profile "
+                        "chooses one)",
+                        pytrace=False,
+                    )
+            self._profile = chosen
         return self._profile
 
     def close(self) -> None:
