@@ -39,6 +39,49 @@ setup_system() {
     fi
 }
 
+# Tools only the test suite needs: sshd (the pytest plugin's xdist-over-ssh test) and the
+# kernel's own KTAP parser, tools/testing/kunit/kunit_parser.py, unpacked from Debian's
+# linux-source tarball into the virtual environment (share/kvmtest-kunit). Without root the
+# tests that need them skip (KVMTEST_REQUIRE_KVM=1, as in CI, makes that a failure).
+setup_test_tools() {
+    kunit="$VENV/share/kvmtest-kunit"
+    need=""
+    [ -x /usr/sbin/sshd ] || need="$need openssh-server"
+    [ -f "$kunit/tools/testing/kunit/kunit_parser.py" ] || need="$need kunit"
+    [ -z "$need" ] && return 0
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        say "not installed:$need (as root: ./dev.sh test installs them); their tests skip"
+        return 0
+    fi
+    packages=""
+    case $need in *openssh-server*) packages="openssh-server" ;; esac
+    tarball=$(ls /usr/src/linux-source-*.tar.* 2>/dev/null | sort -V | tail -n 1)
+    case $need in *kunit*)
+        if [ -z "$tarball" ]; then
+            source=$(apt-cache search --names-only '^linux-source-[0-9.]+$' | cut -d' ' -f1 | sort -V | tail -n 1)
+            if [ -z "$source" ]; then
+                DEBIAN_FRONTEND=noninteractive apt-get update -qq
+                source=$(apt-cache search --names-only '^linux-source-[0-9.]+$' | cut -d' ' -f1 | sort -V | tail -n 1)
+            fi
+            packages="$packages $source"
+        fi ;;
+    esac
+    if [ -n "$packages" ]; then
+        say "installing Debian packages for the tests:$packages"
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $packages >/dev/null \
+            || { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+                 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $packages >/dev/null; }
+    fi
+    tarball=$(ls /usr/src/linux-source-*.tar.* 2>/dev/null | sort -V | tail -n 1)
+    if [ ! -f "$kunit/tools/testing/kunit/kunit_parser.py" ] && [ -n "$tarball" ]; then
+        say "unpacking tools/testing/kunit from $tarball"
+        top=$(basename "$tarball" | sed 's/\.tar\..*//')
+        mkdir -p "$kunit"
+        tar -xf "$tarball" -C "$kunit" --strip-components=1 --wildcards "$top/tools/testing/kunit/*.py"
+    fi
+}
+
 setup_venv() {
     stamp="$VENV/.kvmtest-installed"
     if [ ! -x "$VENV/bin/python" ]; then
@@ -65,7 +108,7 @@ run)
     exec "$VENV/bin/kvmtest" doctor "$@"
     ;;
 test)
-    setup_system; setup_venv
+    setup_system; setup_venv; setup_test_tools
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
 lint)
@@ -73,7 +116,7 @@ lint)
     "$VENV/bin/ruff" check . && exec "$VENV/bin/ruff" format --check .
     ;;
 kvmtest)
-    setup_system; setup_venv
+    setup_system; setup_venv; setup_test_tools
     exec "$VENV/bin/kvmtest" "$@"
     ;;
 *)

@@ -7,6 +7,7 @@ traces run on threads. Every trace runs on its own daemon thread with a deadline
 is reported as an error and the run goes on.
 """
 
+import datetime
 import fnmatch
 import os
 import queue
@@ -66,10 +67,31 @@ class Backend:
     context: HostContext
     banner: str  # shown on stderr: why this backend
     host: dict  # host description for the reports
+    # Set when KVM was wanted but is unusable: nothing is replayed, every trace is reported as
+    # SKIP (auto fell back: kselftest's skip) or ERROR (--require-kvm / --backend kvm).
+    unusable: str | None = None
+    required: bool = False
+
+    @property
+    def name(self) -> str:
+        """The backend the reports name: kvm, reference, or none (nothing was replayed)."""
+        return "none" if self.unusable else self.context.backend
+
+    def judged(self, profile: str) -> tuple[str, str]:
+        """(what the run judges, what it does not), in words for the reports."""
+        if self.unusable:
+            return "nothing", f"this kernel's KVM ({self.unusable})"
+        if self.context.backend == "reference":
+            return (
+                f"the model (profile {profile}) against the traces' pinned expectations",
+                "this kernel's KVM (--backend reference)",
+            )
+        return f"this kernel's KVM against the model (profile {profile})", ""
 
 
 def choose_backend(requested: str, require_kvm: bool) -> Backend:
-    """auto: real KVM where usable, else reference-only with a banner; --require-kvm: error."""
+    """auto: real KVM where usable; otherwise nothing is judged (every trace SKIP, exit 4), or
+    with --require-kvm / --backend kvm every trace ERROR (exit 1). reference: the model alone."""
     from kvmtest import host as host_probe
 
     info = host_probe.probe()
@@ -79,14 +101,20 @@ def choose_backend(requested: str, require_kvm: bool) -> Backend:
             HostContext("reference", flavour=info.flavour), "reference-only (as asked)", description
         )
     if not info.full_mode:
-        reason = info.problems[0]
-        if requested == "kvm" or require_kvm:
-            advice = f"; {info.advice[0]}" if info.advice else ""
-            raise UsageError(f"KVM is not usable: {reason}{advice}")
+        reason = f"KVM is not usable: {info.problems[0]}"
+        required = requested == "kvm" or require_kvm
+        advice = f"; {info.advice[0]}" if info.advice else ""
+        if required:
+            flag = "--backend kvm" if requested == "kvm" else "--require-kvm"
+            banner = f"FAILED: {reason}{advice} ({flag})"
+        else:
+            banner = f"NOT JUDGED: {reason}{advice}; every trace is reported as skipped (exit 4)"
         return Backend(
             HostContext("reference", flavour=info.flavour),
-            f"REFERENCE-ONLY MODE: {reason}. Results check the model, not this kernel's KVM.",
+            banner,
             description,
+            unusable=reason,
+            required=required,
         )
     from kvmtest.kvm import Kvm
 
@@ -104,10 +132,30 @@ def choose_backend(requested: str, require_kvm: bool) -> Backend:
     return Backend(context, f"kvm: {info.kernel}, {info.backend}", description)
 
 
-def run_all(traces, profile, context, *, repeat=1, jobs=1, timeout=60.0, progress=None) -> list:
-    """Run every (trace, repetition); results in corpus order."""
+def unjudged_results(traces, profile: str, backend: Backend) -> list:
+    """What a run reports when KVM was wanted and is unusable: nothing was replayed."""
+    status = Status.ERROR if backend.required else Status.SKIP
+    if backend.required:
+        message = f"{backend.unusable} (KVM required)"
+    else:
+        message = f"not judged: {backend.unusable}"
+    return [
+        TraceResult.of(trace, profile, backend.name, status=status, message=message)
+        for trace in traces
+    ]
+
+
+def run_all(
+    traces, profile, context, *, repeat=1, jobs=1, timeout=60.0, progress=None, on_result=None
+) -> list:
+    """Run every (trace, repetition); results in corpus order.
+
+    `progress.advance(result)` and `on_result(result)` are called as each result completes (on
+    the runner threads, in completion order): the KTAP stream prints from there.
+    """
     work = [(i, r, t) for i, t in enumerate(traces) for r in range(repeat)]
     results: dict = {}
+    failures: list = []
     lock = threading.Lock()
     pending: queue.Queue = queue.Queue()
     for item in work:
@@ -122,8 +170,14 @@ def run_all(traces, profile, context, *, repeat=1, jobs=1, timeout=60.0, progres
             result = _run_with_deadline(trace, profile, context, rep, timeout)
             with lock:
                 results[(index, rep)] = result
-            if progress is not None:
-                progress.advance(result)
+            try:
+                if progress is not None:
+                    progress.advance(result)
+                if on_result is not None:
+                    on_result(result)
+            except BaseException as exc:  # re-raised on the caller's thread (broken pipe, say)
+                with lock:
+                    failures.append(exc)
 
     threads = [
         threading.Thread(target=worker, daemon=True, name=f"trace-runner-{n}")
@@ -133,7 +187,14 @@ def run_all(traces, profile, context, *, repeat=1, jobs=1, timeout=60.0, progres
         thread.start()
     for thread in threads:
         thread.join()
+    if failures:
+        raise failures[0]
     return [results[(i, r)] for i, r, _ in work]
+
+
+def run_one(trace, profile, context, repeat=0, timeout=60.0) -> TraceResult:
+    """One trace, as run_all runs each: with a deadline, never raises."""
+    return _run_with_deadline(trace, profile, context, repeat, timeout)
 
 
 def _run_with_deadline(trace, profile, context, rep, timeout) -> TraceResult:
@@ -154,6 +215,7 @@ def _run_with_deadline(trace, profile, context, rep, timeout) -> TraceResult:
         status=Status.ERROR,
         message=f"timed out after {timeout:g} s (the trace's VM is abandoned)",
         elapsed=time.perf_counter() - start,
+        timed_out=True,
     )
 
 
@@ -169,8 +231,32 @@ def load_error_result(error: TraceError, profile: str, backend: str) -> TraceRes
     )
 
 
-def summarize(results, host, profile, backend, elapsed) -> RunSummary:
-    return RunSummary(results=results, host=host, profile=profile, backend=backend, elapsed=elapsed)
+def summarize(results, host, profile, backend, elapsed, **fields) -> RunSummary:
+    return RunSummary(
+        results=results, host=host, profile=profile, backend=backend, elapsed=elapsed, **fields
+    )
+
+
+def utc_now() -> str:
+    """An ISO 8601 UTC time stamp to the millisecond: 2026-12-01T15:30:19.123Z."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def path_bases(paths) -> tuple:
+    """Directories trace paths are reported relative to, first match wins: the one holding the
+    kvmtest package (the corpus shows as kvmtest/corpus/NAME.yaml on every host), then the
+    parent of each PATH's trace root (PATH itself when a directory, else its directory), most
+    specific first, so that the root's own name stays in the path, then the current
+    directory."""
+    roots = []
+    for path in paths or ():
+        absolute = os.path.abspath(path)
+        root = absolute if os.path.isdir(absolute) else os.path.dirname(absolute)
+        roots.append(os.path.dirname(root))
+    roots.sort(key=lambda p: (-p.count(os.sep), p))
+    bases = [os.path.dirname(os.path.dirname(corpus_dir())), *roots, os.getcwd()]
+    return tuple(dict.fromkeys(os.path.abspath(b) for b in bases))
 
 
 def trace_rules(trace: f.Trace) -> str:

@@ -42,10 +42,15 @@ def render_text(info) -> str:
     return "\n".join(lines)
 
 
+SCHEMA_VERSION = 1
+
+
 def main(args) -> int:
     info = probe(args.device)
     if args.json:
-        print(json.dumps(info.to_json(), indent=2, sort_keys=True))
+        # schema_version: bumped when a key is removed or changes meaning (adding one is not)
+        document = {"schema_version": SCHEMA_VERSION, **info.to_json()}
+        print(json.dumps(document, indent=2, sort_keys=True))
     else:
         print(render_text(info))
     return 0 if info.full_mode else 1

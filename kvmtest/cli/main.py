@@ -8,6 +8,17 @@ from kvmtest import __version__
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from .profiles import add_profile_options, resolve_profile
 
+# `kvmtest run`'s exit codes, kselftest style; the README's commands table says the same.
+RUN_EXIT_CODES = """exit codes:
+  0    every judged trace passed (at least one was judged)
+  1    a mismatch or an error; also --require-kvm / --backend kvm where KVM is unusable,
+       and a broken pipe (stdout's reader left before the end)
+  2    bad usage, or a malformed or unreadable trace file
+  4    nothing was judged: every trace skipped, including --backend auto without usable
+       KVM (kselftest's skip); with --backend reference, every trace with nothing to check
+  130  interrupted (Ctrl-C)
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -31,19 +42,23 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="replay traces against this host's KVM and the reference model",
         description="Replay trace files (default: the built-in corpus) against real KVM and the "
-        "reference model, and report every difference. Exit codes: 0 all passed, 1 any "
-        "mismatch or error, 2 bad usage or malformed/unreadable input, 4 everything skipped.",
+        "reference model, and report every difference.",
+        epilog=RUN_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("paths", nargs="*", metavar="PATH", help="trace files or directories")
     run.add_argument(
         "--backend",
         choices=("auto", "kvm", "reference"),
         default="auto",
-        help="kvm: real VMs; reference: the model alone; auto (default): kvm where usable, "
-        "otherwise reference-only with a banner",
+        help="kvm: real VMs; reference: the model alone, checked against the traces' pinned "
+        "expectations; auto (default): kvm where usable, otherwise nothing is judged and "
+        "every trace is reported as skipped (exit 4)",
     )
     run.add_argument(
-        "--require-kvm", action="store_true", help="with auto: fail instead of falling back"
+        "--require-kvm",
+        action="store_true",
+        help="KVM must be usable: without it every trace is an error (exit 1)",
     )
     add_profile_options(run)
     _selection_options(run)
@@ -67,9 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, metavar="N", help="seed for those delays (repetition r uses N + r)"
     )
     run.add_argument(
-        "--format", choices=("text", "ktap", "json"), default="text", help="stdout format"
+        "--format",
+        choices=("text", "ktap", "json", "markdown"),
+        default="text",
+        help="stdout format (ktap is streamed: each result as it completes; markdown: a "
+        "summary for CI job pages)",
     )
     run.add_argument("--junit-xml", metavar="FILE", help="also write JUnit XML to FILE")
+    run.add_argument(
+        "--json-file", metavar="FILE", help="also write the JSON report to FILE (any --format)"
+    )
     run.add_argument("--verbose", "-v", action="store_true", help="more detail per trace")
 
     explore = commands.add_parser(

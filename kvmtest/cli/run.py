@@ -19,6 +19,7 @@ def _profile(args, backend):
 def run(args) -> int:
     if args.jitter < 0:
         raise runner.UsageError("--jitter must not be negative")
+    started = runner.utc_now()
     backend = runner.choose_backend(args.backend, args.require_kvm)
     backend.context.jitter = args.jitter / 1e6
     backend.context.seed = args.seed
@@ -31,32 +32,71 @@ def run(args) -> int:
         raise runner.UsageError("no trace matches the selection")
     label = profile.label
     print(f"kvmtest: {backend.banner}; profile {label}", file=sys.stderr)
-    start = time.perf_counter()
-    with report.Progress(len(chosen) * args.repeat) as progress:
-        results = runner.run_all(
-            chosen,
-            profile,
-            backend.context,
-            repeat=args.repeat,
-            jobs=args.jobs,
-            timeout=args.timeout,
-            progress=progress,
-        )
-    results += [runner.load_error_result(e, label, backend.context.backend) for e in load_errors]
-    summary = runner.summarize(
-        results, backend.host, label, backend.context.backend, time.perf_counter() - start
-    )
-    summary.bad_input = bool(load_errors)  # the reports' exit_code is the process's
+    judged, not_judged = backend.judged(label)
+    stream = None
     if args.format == "ktap":
-        print(report.render_ktap(summary, nested="KSFT_TAP_LEVEL" in os.environ))
-    elif args.format == "json":
-        print(report.render_json(summary))
-    else:
-        print(report.render_text(summary, verbose=args.verbose))
-    if args.junit_xml:
-        report.write_junit(summary, args.junit_xml)
-    if backend.context.kvm is not None:
-        backend.context.kvm.close()
+        stream = report.KtapStream(
+            sys.stdout,
+            len(chosen) + len(load_errors),
+            repeats=1 if backend.unusable else args.repeat,
+            nested="KSFT_TAP_LEVEL" in os.environ,
+            preamble=report.ktap.preamble_lines(judged, not_judged),
+        )
+        stream.start()
+    start = time.perf_counter()
+    try:
+        if backend.unusable:
+            results = runner.unjudged_results(chosen, label, backend)
+            for result in results:
+                if stream is not None:
+                    stream.add(result)
+        else:
+            with report.Progress(len(chosen) * args.repeat) as progress:
+                results = runner.run_all(
+                    chosen,
+                    profile,
+                    backend.context,
+                    repeat=args.repeat,
+                    jobs=args.jobs,
+                    timeout=args.timeout,
+                    progress=progress,
+                    on_result=None if stream is None else stream.add,
+                )
+        errors = [runner.load_error_result(e, label, backend.name) for e in load_errors]
+        for result in errors:
+            if stream is not None:
+                stream.add_group([result])
+        results += errors
+        summary = runner.summarize(
+            results,
+            backend.host,
+            label,
+            backend.name,
+            time.perf_counter() - start,
+            judged=judged,
+            not_judged=not_judged,
+            started=started,
+            finished=runner.utc_now(),
+            seed=args.seed,
+            jitter=args.jitter / 1e6,
+            bases=runner.path_bases(args.paths),
+        )
+        summary.bad_input = bool(load_errors)  # the reports' exit_code is the process's
+        if stream is not None:
+            stream.finish(summary)
+        elif args.format == "json":
+            print(report.render_json(summary))
+        elif args.format == "markdown":
+            print(report.render_markdown(summary))
+        else:
+            print(report.render_text(summary, verbose=args.verbose))
+        if args.junit_xml:
+            report.write_junit(summary, args.junit_xml)
+        if args.json_file:
+            report.write_json(summary, args.json_file)
+    finally:
+        if backend.context.kvm is not None:
+            backend.context.kvm.close()
     return summary.exit_code
 
 

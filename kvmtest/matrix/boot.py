@@ -9,11 +9,14 @@ so that the guest runs *this* checkout's Python and virtual environment:
 - ``vng``: virtme-ng, the way kernel developers boot a freshly built tree
   (``vng --run arch/x86/boot/bzImage``).
 
-The guest writes KTAP (``ktap.txt``), JUnit XML (``junit.xml``), kvmtest's stderr
-(``stderr.txt``) and the exit code (``exit-code``) into the results directory, which is mounted in
-the guest at the same path as on the host. QEMU uses hardware virtualisation where the host offers
-nested KVM and otherwise single-threaded TCG with ``-cpu max`` (which emulates SVM, so the guest
-kernel's ``kvm_amd`` offers a working ``/dev/kvm``).
+The guest streams KTAP to its console as each trace completes (what a LAVA-style CI reads from
+the serial line; the host keeps it in ``console.log``) and writes the same KTAP (``ktap.txt``),
+kvmtest's JSON report (``run.json``, what the matrix reads), JUnit XML (``junit.xml``),
+kvmtest's stderr (``stderr.txt``) and the exit code (``exit-code``) into the results
+directory, which is mounted in the guest at the same path as on the host. QEMU uses hardware
+virtualisation where the host offers nested KVM and otherwise single-threaded TCG with
+``-cpu max`` (which emulates SVM, so the guest kernel's ``kvm_amd`` offers a working
+``/dev/kvm``).
 """
 
 from __future__ import annotations
@@ -95,6 +98,10 @@ class BootResult:
     def junit(self) -> Path:
         return self.out_dir / "junit.xml"
 
+    @property
+    def report(self) -> Path:
+        return self.out_dir / "run.json"
+
     def to_json(self) -> dict:
         return {
             "kernel": self.kernel,
@@ -106,6 +113,7 @@ class BootResult:
             "out_dir": str(self.out_dir),
             "ktap": str(self.ktap),
             "junit": str(self.junit),
+            "json": str(self.report),
             "boot_seconds": self.boot_seconds,
             "suite_seconds": self.suite_seconds,
             "total_seconds": self.total_seconds,
@@ -444,6 +452,8 @@ def guest_script(out_dir: Path, run_args: list, profile: str, python: str | None
         "ktap",
         "--junit-xml",
         str(out_dir / "junit.xml"),
+        "--json-file",
+        str(out_dir / "run.json"),
         "--profile",
         profile,
         "--require-kvm",
@@ -455,13 +465,15 @@ def guest_script(out_dir: Path, run_args: list, profile: str, python: str | None
             "# written by kvmtest matrix: runs inside the booted kernel",
             f"out={out}",
             'mkdir -p "$out/tmp"',
-            'export TMPDIR="$out/tmp" HOME="$out/tmp" PYTHONDONTWRITEBYTECODE=1',
+            'export TMPDIR="$out/tmp" HOME="$out/tmp" PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1',
             f"cd {shlex.quote(str(project_root()))}",
             "modprobe kvm_amd 2>/dev/null || modprobe kvm_intel 2>/dev/null || true",
             'uname -r > "$out/release"',
             'start=$(cut -d" " -f1 /proc/uptime)',
-            f'{shlex.join(command)} > "$out/ktap.txt" 2> "$out/stderr.txt"',
-            'echo $? > "$out/exit-code"',
+            "# KTAP to the console as each result completes, and to ktap.txt; the exit code is",
+            "# kvmtest's, not tee's (POSIX sh has no pipefail)",
+            f'{{ {shlex.join(command)} 2> "$out/stderr.txt"; echo $? > "$out/exit-code"; }} \\',
+            '    | tee "$out/ktap.txt"',
             'end=$(cut -d" " -f1 /proc/uptime)',
             'echo "$start $end" > "$out/suite-uptime"',
             "sync",
@@ -493,7 +505,7 @@ def boot(
     if " " in str(out_dir):
         raise BootError(f"the results directory may not contain spaces: {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("ktap.txt", "junit.xml", "exit-code", "stderr.txt", "boot-seconds"):
+    for stale in ("ktap.txt", "junit.xml", "run.json", "exit-code", "stderr.txt", "boot-seconds"):
         (out_dir / stale).unlink(missing_ok=True)
     profile = profile or default_profile(kernel.release)
     accel = choose_accel(accel)

@@ -10,9 +10,12 @@ KERNEL is a kernel image (``arch/x86/boot/bzImage``, ``/boot/vmlinuz-*``; module
 (``debian-6.1``, ``debian-6.12``). In a matrix, ``host`` runs the suite on this machine's own
 kernel without booting anything.
 
-Results per kernel (DIR/<kernel>/): ``ktap.txt``, ``junit.xml``, ``stderr.txt``, ``exit-code``,
-``console.log``. The exit code is the guest's `kvmtest run` exit code (0 pass, 1 fail, 2 usage,
-4 all skipped); 1 when the kernel did not boot or the guest reported nothing.
+Results per kernel (DIR/<kernel>/): ``run.json`` (kvmtest's JSON report, which the summary is
+built from), ``ktap.txt`` (also streamed to the guest's console), ``junit.xml``, ``stderr.txt``,
+``exit-code``, ``console.log``, and ``result.json`` (the kernel's summary row). ``matrix.json``
+holds every row. All JSON files carry a ``schema_version``. The exit code is the guest's
+`kvmtest run` exit code (0 pass, 1 fail, 2 usage, 4 all skipped); 1 when the kernel did not
+boot or the guest reported nothing.
 
 Also runnable without the CLI wiring: ``python -m kvmtest.matrix ...``.
 """
@@ -41,6 +44,7 @@ DEBIAN_KERNELS = {
 }
 DEFAULT_MATRIX = ["debian-6.1", "debian-6.12", "host"]
 EXIT_FAIL = 1
+SCHEMA_VERSION = 1  # of result.json and matrix.json: bumped when a key goes or changes meaning
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -216,10 +220,12 @@ def run_host(args, out_dir: Path) -> ms.KernelOutcome:
     release = platform.release()
     profile = args.profile or default_profile(release)
     command = [sys.executable, "-m", "kvmtest", "run", "--format", "ktap"]
-    command += ["--junit-xml", str(out_dir / "junit.xml"), "--profile", profile, "--require-kvm"]
+    command += ["--junit-xml", str(out_dir / "junit.xml"), "--json-file", str(out_dir / "run.json")]
+    command += ["--profile", profile, "--require-kvm"]
     command += run_arguments(args)
     mb.say(f"running on the host kernel {release} (profile {profile})")
     start = time.monotonic()
+    (out_dir / "run.json").unlink(missing_ok=True)
     with open(out_dir / "ktap.txt", "w") as ktap, open(out_dir / "stderr.txt", "w") as err:
         code = subprocess.run(command, stdout=ktap, stderr=err, cwd=mb.project_root()).returncode
     (out_dir / "exit-code").write_text(f"{code}\n")
@@ -237,14 +243,46 @@ def run_host(args, out_dir: Path) -> ms.KernelOutcome:
 
 
 def outcome_from_dir(data: dict, out_dir: Path) -> ms.KernelOutcome:
-    """A summary row from a boot's result data and the KTAP/stderr in its directory."""
+    """A summary row from a boot's result data and kvmtest's JSON report in its directory.
+
+    Without a report (the guest died before the end of the run) the streamed KTAP says which
+    traces finished, and the banner on stderr which vendor module ran them.
+    """
     outcome = ms.KernelOutcome.from_json(data)
-    ktap = _read(out_dir / "ktap.txt")
-    outcome.traces = ms.parse_ktap(ktap)
-    outcome.backend = ms.backend_from_banner(_read(out_dir / "stderr.txt"))
+    report = _read_json(out_dir / "run.json")
+    if report is not None:
+        from kvmtest.report.markdown import markdown_from_report
+
+        outcome.traces = ms.traces_from_report(report)
+        outcome.backend = ms.backend_from_report(report)
+        (out_dir / "summary.md").write_text(markdown_from_report(report) + "\n")
+    else:
+        outcome.traces = ms.parse_ktap(_read(out_dir / "ktap.txt"))
+        outcome.backend = ms.backend_from_banner(_read(out_dir / "stderr.txt"))
+        if outcome.traces:
+            outcome.notes.append("no run.json: statuses from the KTAP the guest streamed")
     if outcome.exit_code == mb.EXIT_NO_RESULT:
         outcome.exit_code = None  # nothing came back: shown as "-", counted as a failure
     return outcome
+
+
+def _read_json(path: Path):
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == "kvmtest-report" else None
+
+
+def matrix_document(outcomes) -> dict:
+    return {"schema_version": SCHEMA_VERSION, "kernels": [o.to_json() for o in outcomes]}
+
+
+def read_matrix(data) -> list:
+    """The rows of a matrix.json: {"schema_version": 1, "kernels": [...]}, or an older bare
+    list of rows."""
+    rows = data.get("kernels", []) if isinstance(data, dict) else data
+    return [ms.KernelOutcome.from_json(row) for row in rows]
 
 
 def _read(path: Path) -> str:
@@ -261,12 +299,14 @@ def _exit_code(outcome: ms.KernelOutcome) -> int:
 def cmd_boot(args) -> int:
     out_dir = Path(args.out)
     outcome = boot_one(args, args.kernel, out_dir, args.modules, args.release)
-    (out_dir.resolve() / "result.json").write_text(json.dumps(outcome.to_json(), indent=2) + "\n")
+    row = {"schema_version": SCHEMA_VERSION, **outcome.to_json()}
+    (out_dir.resolve() / "result.json").write_text(json.dumps(row, indent=2) + "\n")
     if args.json:
-        print(json.dumps(outcome.to_json(), indent=2))
+        print(json.dumps(row, indent=2))
     else:
         print(ms.render_summary([outcome]))
         print(f"\nKTAP: {out_dir / 'ktap.txt'}\nJUnit XML: {out_dir / 'junit.xml'}")
+        print(f"JSON: {out_dir / 'run.json'}")
     return _exit_code(outcome)
 
 
@@ -286,13 +326,11 @@ def cmd_run(args) -> int:
             mb.say(f"{spec}: {exc}")
             outcome = ms.KernelOutcome(spec, "", args.profile or "?", notes=[str(exc)])
         outcomes.append(outcome)
-        (root / "matrix.json").write_text(
-            json.dumps([o.to_json() for o in outcomes], indent=2) + "\n"
-        )
+        (root / "matrix.json").write_text(json.dumps(matrix_document(outcomes), indent=2) + "\n")
     text = ms.render_summary(outcomes, all_traces=args.all_traces)
     (root / "summary.txt").write_text(text + "\n")
     if args.json:
-        print(json.dumps([o.to_json() for o in outcomes], indent=2))
+        print(json.dumps(matrix_document(outcomes), indent=2))
     else:
         print(text)
         print(f"\nResults: {root}/<kernel>/ktap.txt, junit.xml; summary: {root}/summary.txt")
@@ -306,7 +344,7 @@ def cmd_summary(args) -> int:
     except (OSError, ValueError) as exc:
         print(f"kvmtest matrix summary: {path}: {exc}", file=sys.stderr)
         return 2
-    print(ms.render_summary([ms.KernelOutcome.from_json(d) for d in data], args.all_traces))
+    print(ms.render_summary(read_matrix(data), args.all_traces))
     return 0
 
 

@@ -1,9 +1,10 @@
 """The kernel matrix's summary: one row per kernel (outcome counts, the judging profile) and a
 trace-by-kernel grid of every trace that did not pass everywhere.
 
-Input is result data, not live runs: a list of :class:`KernelOutcome`, each built from the KTAP
-that `kvmtest run --format ktap` wrote for one kernel (:func:`parse_ktap`), so the table can be
-re-rendered from a results directory (``matrix.json``) without booting anything.
+Input is result data, not live runs: a list of :class:`KernelOutcome`, each built from the JSON
+report that `kvmtest run --json-file` wrote for one kernel (:func:`traces_from_report`; the
+KTAP it streamed, :func:`parse_ktap`, only when the run died before writing it), so the table
+can be re-rendered from a results directory (``matrix.json``) without booting anything.
 """
 
 from __future__ import annotations
@@ -65,6 +66,29 @@ def parse_ktap(text: str) -> dict:
         else:
             results[name] = FAIL
     return results
+
+
+# KCIDB priority: the worst status of a trace's repeats is the trace's status.
+_WORST = (FAIL, ERROR, PASS, SKIP)
+
+
+def traces_from_report(report: dict) -> dict:
+    """{trace name: status} from kvmtest's JSON report, repeats folded to the worst."""
+    seen: dict = {}
+    for result in report.get("results", []):
+        status = result.get("status")
+        if status in STATUSES:
+            seen.setdefault(result.get("name", "?"), set()).add(status)
+    return {name: next(s for s in _WORST if s in found) for name, found in seen.items()}
+
+
+def backend_from_report(report: dict) -> str:
+    """The vendor module (kvm_amd, kvm_intel, ...) that ran the traces, or the backend."""
+    backend = report.get("backend", "")
+    host = report.get("host") if isinstance(report.get("host"), dict) else {}
+    if backend == "kvm" and host.get("backend"):
+        return str(host["backend"])
+    return backend
 
 
 def backend_from_banner(stderr: str) -> str:

@@ -7,10 +7,21 @@
 - Progress: a live line on stderr, only when stderr is a terminal
 """
 
-from .json_report import render_json
+from .json_report import render_json, write_json
 from .junit import render_junit, write_junit
-from .ktap import render_ktap
+from .ktap import KtapStream, render_ktap
+from .markdown import render_markdown
 from .progress import Progress
 from .text import render_text
 
-__all__ = ["Progress", "render_json", "render_junit", "render_ktap", "render_text", "write_junit"]
+__all__ = [
+    "KtapStream",
+    "Progress",
+    "render_json",
+    "render_junit",
+    "render_ktap",
+    "render_markdown",
+    "render_text",
+    "write_json",
+    "write_junit",
+]

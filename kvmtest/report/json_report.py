@@ -1,21 +1,44 @@
-"""The run as one JSON document for machines (`kvmtest run --json`).
+"""The run as one JSON document for machines (`kvmtest run --format json`, `--json-file`).
 
-    {"format": "kvmtest-report", "version": 1, "backend": ..., "profile": ..., "host": {...},
+    {"format": "kvmtest-report", "schema_version": 1, "version": 1, "tool": {...},
+     "started": "2026-12-01T15:30:19.123Z", "finished": ..., "backend": ..., "profile": ...,
+     "judged": ..., "not_judged": ..., "seed": null, "jitter_us": 200.0, "host": {...},
      "totals": {"passed": 1, "failed": 1, "errors": 1, "skipped": 1, "total": 4,
                 "elapsed": 0.52},
      "exit_code": 1,
-     "results": [TraceResult.to_json() plus "outcomes", "allowed" and each mismatch's "text"]}
+     "results": [TraceResult.to_json() plus "file", "line", "timed_out", "outcomes",
+                 "allowed", and on each mismatch "file", "line", "rule" and "text"]}
 
-Each repetition of a trace is its own entry (its "repeat" counts from 0, as in TraceResult).
+The document is described by kvmtest/report/schema/run-v1.json (JSON Schema draft 2020-12):
+a version adds keys without a new schema_version, and removes or changes one only with one.
+"file" is the trace's path relative to the run's bases (kvmtest/corpus/NAME.yaml for the
+corpus), the same on every host; "path" and "location" keep the path as given. Each repetition
+of a trace is its own entry (its "repeat" counts from 0, as in TraceResult).
 """
 
 import json
 import math
+from importlib import resources
 
+from kvmtest import __version__
 from kvmtest.trace.result import Status
 
+from ._paths import relative_path, split_location
+
 FORMAT = "kvmtest-report"
-VERSION = 1
+VERSION = 1  # the schema version; "version" is its older name, kept for readers of it
+SCHEMA_VERSION = VERSION
+
+
+def schema() -> dict:
+    """The JSON Schema of the report (kvmtest/report/schema/run-v1.json)."""
+    path = resources.files("kvmtest.report") / "schema" / f"run-v{SCHEMA_VERSION}.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_json(summary, path) -> None:
+    with open(path, "w", encoding="utf-8") as out:
+        out.write(render_json(summary) + "\n")
 
 
 def render_json(summary) -> str:
@@ -27,9 +50,17 @@ def _document(summary) -> dict:
     count = summary.count
     return {
         "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
         "version": VERSION,
+        "tool": {"name": "kvmtest", "version": __version__},
+        "started": summary.started or None,
+        "finished": summary.finished or None,
         "backend": summary.backend,
         "profile": summary.profile,
+        "judged": summary.judged,
+        "not_judged": summary.not_judged,
+        "seed": summary.seed,
+        "jitter_us": None if summary.jitter is None else _seconds(summary.jitter * 1e6),
         "host": _plain(summary.host),
         "totals": {
             "passed": count(Status.PASS),
@@ -40,14 +71,23 @@ def _document(summary) -> dict:
             "elapsed": _seconds(summary.elapsed),
         },
         "exit_code": summary.exit_code,
-        "results": [_result(r) for r in summary.results],
+        "results": [_result(r, summary.bases) for r in summary.results],
     }
 
 
-def _result(result) -> dict:
+def _result(result, bases=()) -> dict:
     data = result.to_json()
     data["elapsed"] = _seconds(result.elapsed)
+    data["file"] = relative_path(result.path, bases)
+    data["line"] = result.line or None
+    data["timed_out"] = bool(result.timed_out)
     for entry, mismatch in zip(data["mismatches"], result.mismatches, strict=True):
+        path, line = split_location(mismatch.location)
+        entry["file"] = relative_path(path, bases)
+        entry["line"] = line
+        # The rules the mismatch may break: the trace's rules list for now (a mismatch does
+        # not yet know which one of them its field belongs to).
+        entry["rule"] = list(result.rules)
         entry["text"] = mismatch.describe()
     data["outcomes"] = {str(label): count for label, count in result.outcomes.items()}
     data["allowed"] = {str(label): bool(ok) for label, ok in result.allowed.items()}

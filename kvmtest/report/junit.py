@@ -1,9 +1,15 @@
 """JUnit XML for CI front ends (GitLab, Jenkins, LAVA): one <testsuite name="kvmtest">.
 
-Every trace result is a <testcase>: classname is the profile (or "kvmtest.<backend>" when the
-result has none), name is the trace name plus " [repeat N]" when the trace ran more than once
-(N counts from 1). A mismatch is a <failure> listing every mismatch, a harness crash an
-<error>, a missing capability <skipped>. Characters XML 1.0 cannot carry are escaped as text.
+Every trace result is a <testcase> whose identity is the same on every host and under every
+profile: classname is the directory of the trace's relative path, dotted ("kvmtest.corpus" for
+the built-in corpus; dots inside a directory name become "_", so Jenkins does not split it),
+name is the trace name plus " [repeat N]" when the trace ran more than once (N counts from 1),
+file the relative path and line the trace's line. The profile, backend and host are properties
+of the suite. A mismatch is a <failure> listing every mismatch, a harness crash an <error>, a
+missing capability <skipped>. Characters XML 1.0 cannot carry are escaped as text.
+
+The document validates against Jenkins xUnit's junit-10.xsd (tests/report/junit-10.xsd): no
+"skipped" on <testsuites>, times in seconds with three decimals.
 """
 
 import math
@@ -15,6 +21,7 @@ from kvmtest.trace.result import Status
 from ._format import one_line, rules_label
 from ._group import group_results
 from ._outcomes import forbidden_rows, summary_line
+from ._paths import classname, relative_path
 
 SUITE = "kvmtest"
 
@@ -51,19 +58,27 @@ def _document(summary) -> ET.Element:
         "skipped": str(count(Status.SKIP)),
         "time": _time(summary.elapsed),
     }
-    root = ET.Element("testsuites", {"name": SUITE, **totals})
+    outer = {key: value for key, value in totals.items() if key != "skipped"}
+    root = ET.Element("testsuites", {"name": SUITE, **outer})
     suite = ET.SubElement(root, "testsuite", {"name": SUITE, **totals})
+    if summary.started:
+        suite.set("timestamp", xml_text(summary.started))
     host = summary.host if isinstance(summary.host, dict) else {}
     if host.get("hostname"):
         suite.set("hostname", xml_text(host["hostname"]))
     properties = ET.SubElement(suite, "properties")
     _property(properties, "backend", summary.backend)
     _property(properties, "profile", summary.profile)
+    if summary.judged:
+        _property(properties, "judged", summary.judged)
+    if summary.not_judged:
+        _property(properties, "not_judged", summary.not_judged)
     for key, value in host.items():
         _property(properties, f"host.{key}", value)
     repeated = {(g.name, g.path) for g in group_results(summary.results) if g.repeated}
     for result in summary.results:
-        _testcase(suite, result, (result.name, result.path) in repeated, summary.backend)
+        repeat = (result.name, result.path) in repeated
+        _testcase(suite, result, repeat, summary.bases)
     return root
 
 
@@ -71,25 +86,25 @@ def _property(parent, name, value) -> None:
     ET.SubElement(parent, "property", {"name": xml_text(name), "value": xml_text(value)})
 
 
-def _testcase(suite, result, repeated: bool, backend: str) -> None:
+def _testcase(suite, result, repeated: bool, bases) -> None:
     name = result.name + (f" [repeat {result.repeat + 1}]" if repeated else "")
-    classname = result.profile or f"kvmtest.{result.backend or backend}"
-    case = ET.SubElement(
-        suite,
-        "testcase",
-        {
-            "classname": xml_text(classname),
-            "name": xml_text(name),
-            "file": xml_text(result.path),
-            "time": _time(result.elapsed),
-        },
-    )
+    file = relative_path(result.path, bases)
+    attributes = {
+        "classname": xml_text(classname(file)),
+        "name": xml_text(name),
+        "file": xml_text(file),
+        "time": _time(result.elapsed),
+    }
+    if result.line:
+        attributes["line"] = str(result.line)
+    case = ET.SubElement(suite, "testcase", attributes)
     if result.status is Status.FAIL:
         failure = ET.SubElement(case, "failure", {"type": "mismatch"})
         failure.set("message", xml_text(_failure_message(result)))
         failure.text = xml_text(_failure_text(result))
     elif result.status is Status.ERROR:
-        error = ET.SubElement(case, "error", {"type": "error"})
+        kind = "timeout" if result.timed_out else "error"
+        error = ET.SubElement(case, "error", {"type": kind})
         error.set("message", xml_text(one_line(result.message) or "harness error"))
         error.text = xml_text(result.message)
     elif result.status is Status.SKIP:
@@ -127,9 +142,9 @@ def _failure_text(result) -> str:
 
 
 def _time(seconds) -> str:
-    """Seconds as JUnit wants them: a plain non-negative decimal."""
+    """Seconds as JUnit wants them: a plain non-negative decimal, to the millisecond."""
     try:
         value = float(seconds)
     except (TypeError, ValueError):
         value = 0.0
-    return f"{value:.6f}" if math.isfinite(value) and value > 0 else "0.000000"
+    return f"{value:.3f}" if math.isfinite(value) and value > 0 else "0.000"

@@ -7,17 +7,28 @@ One top-level test per trace, in the order the traces ran:
     ok 1 msi-init-sipi
     # init-while-halted: halted.yaml:17: step 4: vcpu 1 mp_state: expected 0x3, observed 0x1
     not ok 2 init-while-halted
+    # smp-boot: GuestError: no landing page
     not ok 3 smp-boot # ERROR GuestError: no landing page
     ok 4 split-irqchip # SKIP KVM_CAP_SPLIT_IRQCHIP missing
-    # Totals: pass:1 fail:1 xfail:0 xpass:0 skip:1 error:1
+    # hung-trace: timed out after 60 s (the trace's VM is abandoned)
+    not ok 5 hung-trace # TIMEOUT timed out after 60 s (the trace's VM is abandoned)
+    # Totals: pass:1 fail:1 xfail:0 xpass:0 skip:1 error:2
 
 A trace run several times (--repeat) is one test with a subtest per repetition (`repeat-1`,
 `repeat-2`, ...), so the top-level names stay stable whatever the repeat count. Diagnostics
-come before the result line they explain, one line per mismatch. Under a runner
-(KSFT_TAP_LEVEL set; the caller decides) the version line is left out.
+come before the result line they explain, one line per mismatch, and an error's or a
+timeout's reason is a diagnostic line too. Names are trace names, the same on every host and
+under every profile. Under a runner (KSFT_TAP_LEVEL set; the caller decides) the version line
+is left out.
+
+`KtapStream` writes the same document while the run goes on: the version line and the plan
+first, then each trace's result as soon as it completes (numbered in completion order, flushed
+at once), so that a runner's timeout or a killed guest still leaves every finished result in
+the log. `render_ktap` is the whole document at once, in the order of the results.
 """
 
 import re
+import threading
 
 from kvmtest.trace.result import Status
 
@@ -34,12 +45,79 @@ _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.,:+=@/\[\]()-]+")
 def render_ktap(summary, nested: bool = False) -> str:
     """The run as KTAP text (no final newline); `nested` drops the top version line."""
     groups = group_results(summary.results)
-    lines = [] if nested else [VERSION_LINE]
-    lines.append(f"1..{len(groups)}")
+    lines = _header(len(groups), nested, preamble_lines(summary.judged, summary.not_judged))
     for number, group in enumerate(groups, 1):
         lines.extend(_group_lines(group, number))
     lines.extend(_trailer(summary))
     return "\n".join(lines)
+
+
+class KtapStream:
+    """KTAP written as results complete: `start()`, then `add(result)` from any thread (or
+    `add_group([results])`), then `finish(summary)` for the trailer.
+
+    `tests` is the plan: the number of top-level tests (traces) that will be reported.
+    `repeats` results of one trace (same name and path) make one test with a subtest per
+    repetition, written when the last of them completes.
+    """
+
+    def __init__(self, stream, tests: int, repeats: int = 1, nested=False, preamble=()):
+        self.stream = stream
+        self.tests = tests
+        self.repeats = max(1, repeats)
+        self.nested = nested
+        self.preamble = list(preamble)
+        self._lock = threading.Lock()
+        self._pending: dict = {}
+        self._number = 0
+
+    def start(self) -> None:
+        self._write(_header(self.tests, self.nested, self.preamble))
+
+    def add(self, result) -> None:
+        with self._lock:
+            key = (result.name, result.path)
+            waiting = self._pending.setdefault(key, [])
+            waiting.append(result)
+            if len(waiting) < self.repeats:
+                return
+            del self._pending[key]
+        self.add_group(waiting)
+
+    def add_group(self, results) -> None:
+        (group,) = group_results(results)
+        with self._lock:
+            self._number += 1
+            self._write(_group_lines(group, self._number))
+
+    def finish(self, summary) -> None:
+        with self._lock:
+            leftovers = list(self._pending.values())
+            self._pending.clear()
+        for results in leftovers:  # repeats that never all came back: report what did
+            self.add_group(results)
+        with self._lock:
+            self._write(_trailer(summary))
+
+    def _write(self, lines) -> None:
+        self.stream.write("\n".join(lines) + "\n")
+        self.stream.flush()
+
+
+def _header(tests: int, nested: bool, preamble) -> list:
+    lines = [] if nested else [VERSION_LINE]
+    lines.append(f"1..{tests}")
+    for text in preamble:
+        lines.extend(diagnostic(text))
+    return lines
+
+
+def preamble_lines(judged: str, not_judged: str) -> list:
+    """What the run judges and what it does not, for diagnostics before the first result."""
+    lines = [f"kvmtest: judged: {judged}"] if judged else []
+    if not_judged:
+        lines.append(f"kvmtest: not judged: {not_judged}")
+    return lines
 
 
 def ktap_name(name) -> str:
@@ -120,10 +198,10 @@ def _result_lines(result, number: int, name: str, trace_name: str, outcomes=True
         lines.append(f"not ok {number} {name}")
     elif status is Status.ERROR:
         message = text_lines(result.message)
-        if len(message) > 1:
-            lines[:0] = _prefixed(trace_name, result.message)
+        lines[:0] = _prefixed(trace_name, result.message or "harness error")
         reason = _directive_data(message[0]) if message else "harness error"
-        lines.append(f"not ok {number} {name} # ERROR {reason}")
+        directive = "TIMEOUT" if getattr(result, "timed_out", False) else "ERROR"
+        lines.append(f"not ok {number} {name} # {directive} {reason}")
     else:
         reason = _directive_data(result.message)
         lines.append(f"ok {number} {name} # SKIP {reason}".rstrip())
@@ -149,10 +227,19 @@ def _outcome_diagnostics(name: str, outcomes: dict, allowed: dict) -> list:
 def _trailer(summary) -> list:
     """Run-wide diagnostics after the last result, kselftest style."""
     count = summary.count
-    return diagnostic(
-        f"kvmtest: backend {summary.backend}, profile {summary.profile}, "
-        f"elapsed {format_duration(summary.elapsed)}"
-    ) + diagnostic(
-        f"Totals: pass:{count(Status.PASS)} fail:{count(Status.FAIL)} xfail:0 xpass:0 "
-        f"skip:{count(Status.SKIP)} error:{count(Status.ERROR)}"
+    judged = [
+        line
+        for text in preamble_lines(summary.judged, summary.not_judged)
+        for line in diagnostic(text)
+    ]
+    return (
+        judged
+        + diagnostic(
+            f"kvmtest: backend {summary.backend}, profile {summary.profile}, "
+            f"elapsed {format_duration(summary.elapsed)}"
+        )
+        + diagnostic(
+            f"Totals: pass:{count(Status.PASS)} fail:{count(Status.FAIL)} xfail:0 xpass:0 "
+            f"skip:{count(Status.SKIP)} error:{count(Status.ERROR)}"
+        )
     )

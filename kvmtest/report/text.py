@@ -47,6 +47,11 @@ def render_text(summary, verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
+def render_result(result, verbose: bool = True) -> str:
+    """One result as the report shows it (its line and the diff under it), no footer."""
+    return "\n".join(_single_lines(result, len(one_line(result.name)), verbose))
+
+
 def _group_lines(group: TraceGroup, width: int, verbose: bool) -> list:
     if not group.repeated:
         return _single_lines(group.results[0], width, verbose)
@@ -196,9 +201,13 @@ def _footer(summary) -> list:
         where += f", host {host}"
     # The last line is the plain closing line CI systems read; an error counts as a failure
     # there, so a crashed trace can never look like a clean run.
+    judged = [f"judged: {one_line(summary.judged)}"] if summary.judged else []
+    if summary.not_judged:
+        judged.append(f"not judged: {one_line(summary.not_judged)}")
     return [
         f"{passed} passed, {failed} failed, {errors} errors, {skipped} skipped",
         where,
+        *judged,
         f"elapsed {format_duration(summary.elapsed)}",
         f"{passed} passed, {failed + errors} failed, {skipped} skipped",
     ]

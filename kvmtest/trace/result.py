@@ -88,6 +88,8 @@ class TraceResult:
     not_compared: int = 0  # predictions the model does not know (GUEST: the guest ran code)
     pins_checked: int = 0  # pinned values (observe.expect, block properties) checked
     timeline: list = field(default_factory=list)  # StepRecord per step, when asked for
+    line: int = 0  # line of the trace's first key in its file (0: unknown)
+    timed_out: bool = False  # ERROR because the trace outlived --timeout
 
     @classmethod
     def of(cls, trace, profile: str, backend: str, repeat: int = 0, **fields) -> "TraceResult":
@@ -101,6 +103,7 @@ class TraceResult:
             rules=trace.rules,
             tags=trace.tags,
             repeat=repeat,
+            line=getattr(trace, "line", 0) or 0,
             **fields,
         )
 
@@ -149,6 +152,15 @@ class RunSummary:
     backend: str
     elapsed: float
     bad_input: bool = False  # a trace file could not be loaded: exit 2, as for bad usage
+    # What the run judged, in words ("this kernel's KVM against the model, profile P"), and
+    # what it did not; empty when the caller did not say (reporters then leave the lines out).
+    judged: str = ""
+    not_judged: str = ""
+    started: str = ""  # ISO 8601 UTC time stamps of the run
+    finished: str = ""
+    seed: int | None = None  # --seed (None: fresh delays every run)
+    jitter: float | None = None  # --jitter in seconds
+    bases: tuple = ()  # directories trace paths are shown relative to (first match wins)
 
     def count(self, status: Status) -> int:
         return sum(1 for r in self.results if r.status is status)

@@ -38,6 +38,10 @@ def test_github_actions_workflow():
     assert upload["if"] == "always()"
     paths = upload["with"]["path"]
     assert "kvmtest-results/ktap.txt" in paths and "kvmtest-results/junit.xml" in paths
+    assert "kvmtest-results/run.json" in paths and "kvmtest-results/summary.md" in paths
+    summary = next(s for s in steps if "GITHUB_STEP_SUMMARY" in s.get("run", ""))
+    assert summary["if"] == "always()"
+    assert "kvmtest-results/summary.md" in summary["run"]
 
 
 def test_gitlab_ci_job():
@@ -55,6 +59,8 @@ def test_gitlab_ci_job():
     assert "kvmtest-results/ktap.txt" in artifacts["paths"]
     assert "kvmtest-results/junit.xml" in artifacts["paths"]
     assert artifacts["reports"]["junit"] == "kvmtest-results/junit.xml"
+    assert "kvmtest-results/summary.md" in artifacts["paths"]
+    assert "cat kvmtest-results/summary.md" in joined(job["after_script"])
 
 
 def test_kvm_config_fragment():

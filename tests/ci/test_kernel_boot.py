@@ -5,6 +5,7 @@ with KVMTEST_MATRIX=1; KVMTEST_MATRIX_KERNEL and KVMTEST_MATRIX_ARGS choose anot
 selection (defaults: debian-6.12, --tag msi).
 """
 
+import json
 import os
 import shlex
 import subprocess
@@ -34,6 +35,12 @@ def test_boot_debian_kernel_and_run_the_suite(tmp_path):
     traces = ms.parse_ktap(ktap)
     assert traces and set(traces.values()) <= {ms.PASS, ms.SKIP}
     assert ms.backend_from_banner((out / "stderr.txt").read_text()) == "kvm_amd"
+    # the guest's console carried the KTAP results as they came (what LAVA reads)
+    full_console = (out / "console.log").read_text(errors="replace")
+    assert "KTAP version 1" in full_console
+    assert all(f" {name}" in full_console for name in traces)
+    report = json.loads((out / "run.json").read_text())
+    assert ms.traces_from_report(report) == traces  # the matrix reads this, not the KTAP
     suites = ET.parse(out / "junit.xml").getroot()
     cases = list(suites.iter("testcase"))
     assert len(cases) == len(traces), (len(cases), len(traces))

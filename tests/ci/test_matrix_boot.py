@@ -1,6 +1,7 @@
 """The boot tooling without booting: module resolution, the initramfs, QEMU and guest command
 lines, kernel resolution and the profile chosen for each kernel of the matrix."""
 
+import json
 import lzma
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 from kvmtest.host import default_profile
 from kvmtest.matrix import boot as mb
 from kvmtest.matrix import cli as matrix
+from tests.conftest import require_kvm
 
 
 def fake_module(path: Path, depends: str, compress=False):
@@ -93,7 +95,29 @@ def test_guest_script_runs_this_checkout(tmp_path):
     assert "/venv/bin/python -m kvmtest run --format ktap" in script
     assert f"--junit-xml {tmp_path / 'junit.xml'}" in script
     assert "--profile linux-6.1 --require-kvm -k msi" in script
-    assert '> "$out/ktap.txt"' in script and 'echo $? > "$out/exit-code"' in script
+    assert f"--json-file {tmp_path / 'run.json'}" in script
+    assert '| tee "$out/ktap.txt"' in script and 'echo $? > "$out/exit-code"' in script
+
+
+def test_guest_script_streams_ktap_to_the_console(tmp_path):
+    """Run the guest's script here, as the guest would (minus the boot): its stdout, which is
+    the guest's console, carries the KTAP as it is produced; ktap.txt holds the same; the exit
+    code is kvmtest's and the matrix reads run.json."""
+    require_kvm()
+    script = tmp_path / "guest.sh"
+    script.write_text(mb.guest_script(tmp_path, ["-k", "msi-init-sipi"], "mainline"))
+    console = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=300)
+    assert console.returncode == 0, console.stderr
+    lines = console.stdout.splitlines()
+    assert lines[0] == "KTAP version 1" and any(x.startswith("ok 1 ") for x in lines)
+    assert (tmp_path / "ktap.txt").read_text() == console.stdout
+    assert (tmp_path / "exit-code").read_text().strip() == "0"
+    report = json.loads((tmp_path / "run.json").read_text())
+    assert report["schema_version"] == 1 and report["backend"] == "kvm"
+    outcome = matrix.outcome_from_dir({"kernel": "k", "release": "r", "profile": "p",
+                                       "exit_code": 0}, tmp_path)  # fmt: skip
+    assert outcome.traces and set(outcome.traces.values()) == {"pass"}
+    assert outcome.backend == report["host"]["backend"]
 
 
 def test_qemu_command_tcg_emulates_svm(tmp_path):

@@ -115,9 +115,49 @@ def test_matrix_run_on_the_host_kernel(tmp_path, capsys):
     code = matrix.standalone(["run", "--kernel", "host", "-k", "msi-init-sipi", "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0, printed
-    (row,) = json.loads((out / "matrix.json").read_text())
+    document = json.loads((out / "matrix.json").read_text())
+    assert document["schema_version"] == 1
+    (row,) = document["kernels"]
     assert row["kernel"] == "host" and row["exit_code"] == 0 and row["traces"]
     assert set(row["traces"].values()) == {ms.PASS}
     assert (out / "host" / "junit.xml").exists()
+    assert json.loads((out / "host" / "run.json").read_text())["format"] == "kvmtest-report"
     assert printed.startswith("Kernel matrix")
     assert (out / "summary.txt").read_text().strip() in printed
+
+
+def test_traces_from_the_json_report():
+    report = {
+        "format": "kvmtest-report",
+        "backend": "kvm",
+        "host": {"backend": "kvm_amd"},
+        "results": [
+            {"name": "a", "status": "pass"},
+            {"name": "b", "status": "pass"},
+            {"name": "b", "status": "fail"},  # a repeat: the worst wins
+            {"name": "c", "status": "skip"},
+            {"name": "d", "status": "error"},
+        ],
+    }
+    assert ms.traces_from_report(report) == {"a": "pass", "b": "fail", "c": "skip", "d": "error"}
+    assert ms.backend_from_report(report) == "kvm_amd"
+    assert ms.backend_from_report({"backend": "none"}) == "none"
+
+
+def test_matrix_reads_json_not_ktap(tmp_path):
+    (tmp_path / "run.json").write_text(
+        json.dumps({"format": "kvmtest-report", "backend": "reference", "host": {},
+                    "results": [{"name": "x", "status": "skip"}]})
+    )  # fmt: skip
+    (tmp_path / "ktap.txt").write_text(KTAP_61)  # would say otherwise
+    outcome = matrix.outcome_from_dir({"kernel": "k", "release": "", "profile": "p"}, tmp_path)
+    assert outcome.traces == {"x": "skip"} and outcome.backend == "reference"
+    (tmp_path / "run.json").unlink()  # the guest died before the end: the streamed KTAP
+    outcome = matrix.outcome_from_dir({"kernel": "k", "release": "", "profile": "p"}, tmp_path)
+    assert outcome.traces["msi-init-sipi"] == ms.PASS and outcome.notes
+
+
+def test_summary_reads_old_and_new_matrix_json():
+    rows = [{"kernel": "k", "release": "6.1", "profile": "linux-6.1"}]
+    assert matrix.read_matrix(rows)[0].kernel == "k"
+    assert matrix.read_matrix({"schema_version": 1, "kernels": rows})[0].kernel == "k"

@@ -55,16 +55,25 @@ def test_pre_patch_profile_fails_on_this_kernel():
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for unshare -m")
 @pytest.mark.skipif(not os.path.exists("/dev/kvm"), reason="no /dev/kvm to hide")
-def test_hidden_dev_kvm_falls_back_to_reference_with_a_banner():
+def test_hidden_dev_kvm_is_never_a_pass():
     run = f"mount --bind /dev/null /dev/kvm && exec {sys.executable} -m kvmtest run"
     result = subprocess.run(["unshare", "-m", "sh", "-c", run], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "REFERENCE-ONLY MODE" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 4, result.stdout + result.stderr  # kselftest's skip
+    assert "NOT JUDGED: KVM is not usable" in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout.splitlines()[-1].startswith("0 passed, 0 failed, ")
+    assert "not judged: this kernel's KVM" in result.stdout
     strict = subprocess.run(
-        ["unshare", "-m", "sh", "-c", run + " --require-kvm"], capture_output=True, text=True
+        ["unshare", "-m", "sh", "-c", run + " --require-kvm --format ktap"],
+        capture_output=True,
+        text=True,
     )
-    assert strict.returncode == 2 and "KVM is not usable" in strict.stderr
+    assert strict.returncode == 1, strict.stdout + strict.stderr  # a failure, not a usage error
     assert "Traceback" not in strict.stderr
+    lines = strict.stdout.splitlines()
+    assert lines[0] == "KTAP version 1"
+    errors = [line for line in lines if line.startswith("not ok ")]
+    assert errors and all("# ERROR KVM is not usable" in line for line in errors)
+    assert not [line for line in lines if line.startswith("ok ")]
 
 
 def test_malformed_trace_is_reported_with_file_and_line(tmp_path):
@@ -118,3 +127,18 @@ def test_list_prints_corpus_with_rules():
     assert result.returncode == 0
     line = next(x for x in result.stdout.splitlines() if x.startswith("msi-init-sipi "))
     assert "1, 3, 10, 13, 24, 39" in line
+
+
+def test_broken_pipe_exits_1_without_a_traceback():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kvmtest", "run", "--backend", "reference", "--format", "ktap"]
+        + ["--repeat", "40"],  # more KTAP than a pipe holds: the writer must meet the EPIPE
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    process.stdout.readline()
+    process.stdout.close()  # the reader leaves, as `| head -1` does
+    code = process.wait(timeout=120)
+    stderr = process.stderr.read()
+    assert code == 1 and "Traceback" not in stderr, stderr

@@ -13,7 +13,11 @@ ROOT = Path(__file__).resolve().parents[2]
 # Top down: (layer, packages or modules, what it is). A module may import its own layer's
 # modules only where SIBLINGS does not forbid it, and any layer below its own.
 LAYERS = [
-    ("cli", ["kvmtest.cli", "kvmtest.__main__"], "argument parsing, exit codes, errors to stderr"),
+    (
+        "cli",
+        ["kvmtest.cli", "kvmtest.__main__", "kvmtest.pytest_plugin"],
+        "argument parsing, exit codes, errors to stderr; the pytest plugin",
+    ),
     ("tools", ["kvmtest.matrix", "kvmtest.coverage"], "kernel matrix, generated coverage table"),
     ("suite", ["kvmtest.suite"], "many traces: selection, backends, jobs, timeouts"),
     ("report", ["kvmtest.report"], "text, KTAP, JSON, JUnit of a run's results"),

@@ -47,6 +47,9 @@ def test_per_trace_status_mismatches_elapsed():
     assert first == {
         "step": 4,
         "location": "init-while-halted.yaml:17",
+        "file": "init-while-halted.yaml",
+        "line": 17,
+        "rule": [4, 11, 12],
         "vcpu": 1,
         "field": "mp_state",
         "expected": 3,
