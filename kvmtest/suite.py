@@ -104,8 +104,11 @@ def choose_backend(requested: str, require_kvm: bool) -> Backend:
     return Backend(context, f"kvm: {info.kernel}, {info.backend}", description)
 
 
-def run_all(traces, profile, context, *, repeat=1, jobs=1, timeout=60.0, progress=None) -> list:
-    """Run every (trace, repetition); results in corpus order."""
+def run_all(
+    traces, profile, context, *, repeat=1, jobs=1, timeout=60.0, progress=None, timeline=False
+) -> list:
+    """Run every (trace, repetition); results in corpus order (with `timeline`, each keeps
+    its StepRecords)."""
     work = [(i, r, t) for i, t in enumerate(traces) for r in range(repeat)]
     results: dict = {}
     lock = threading.Lock()
@@ -119,7 +122,7 @@ def run_all(traces, profile, context, *, repeat=1, jobs=1, timeout=60.0, progres
                 index, rep, trace = pending.get_nowait()
             except queue.Empty:
                 return
-            result = _run_with_deadline(trace, profile, context, rep, timeout)
+            result = _run_with_deadline(trace, profile, context, rep, timeout, timeline)
             with lock:
                 results[(index, rep)] = result
             if progress is not None:
@@ -136,10 +139,10 @@ def run_all(traces, profile, context, *, repeat=1, jobs=1, timeout=60.0, progres
     return [results[(i, r)] for i, r, _ in work]
 
 
-def _run_with_deadline(trace, profile, context, rep, timeout) -> TraceResult:
+def _run_with_deadline(trace, profile, context, rep, timeout, timeline=False) -> TraceResult:
     box = []
     thread = threading.Thread(
-        target=lambda: box.append(run_trace(trace, profile, context, rep)), daemon=True
+        target=lambda: box.append(run_trace(trace, profile, context, rep, timeline)), daemon=True
     )
     start = time.perf_counter()
     thread.start()

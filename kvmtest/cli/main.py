@@ -98,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=("table", "profiles", "dot"), default="table", help="what to print"
     )
 
+    from kvmtest.cli import show as show_command
     from kvmtest.matrix import cli as matrix_command
+
+    show_command.add_parser(commands)
 
     matrix_command.add_parser(commands)
 
@@ -176,6 +179,10 @@ def main(argv=None) -> int:
             except UsageError as exc:
                 print(f"kvmtest model: {exc}", file=sys.stderr)
                 return EXIT_USAGE
+        if args.command == "show":
+            from kvmtest.cli import show
+
+            return show.main(args)
         if args.command == "explore":
             from kvmtest.cli import explore
 

@@ -41,6 +41,7 @@ def run(args) -> int:
             jobs=args.jobs,
             timeout=args.timeout,
             progress=progress,
+            timeline=args.verbose,
         )
     results += [runner.load_error_result(e, label, backend.context.backend) for e in load_errors]
     summary = runner.summarize(

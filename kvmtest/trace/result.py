@@ -67,6 +67,7 @@ class StepRecord:
     predicted: dict  # (vcpu, field) -> value
     observed: dict | None  # (vcpu, field) -> value; None without KVM
     threads: dict | None = None  # vcpu -> "reported", "blocked in KVM_RUN", "running", "idle"
+    signal: object = None  # kvmtest.sim.signals.Signal the step sends (ICR, MSI), or None
 
 
 @dataclass
