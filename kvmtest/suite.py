@@ -47,10 +47,13 @@ def load_traces(paths) -> tuple[list, list]:
     return traces, errors
 
 
-def select(traces, patterns=(), tags=()) -> list:
-    """-k PATTERN (substring or glob on the name) and --tag TAG (all must match)."""
+def select(traces, patterns=(), tags=(), rules=()) -> list:
+    """-k PATTERN (substring or glob on the name), --tag TAG (all must match) and --rule N
+    (the trace pins one of them: its `rules:` names it)."""
     chosen = []
     for trace in traces:
+        if rules and not {str(r) for r in rules} & {str(r) for r in trace.rules}:
+            continue
         if patterns and not any(
             p in trace.name or fnmatch.fnmatch(trace.name, p) for p in patterns
         ):

@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument(
         "--flavour", choices=("vmx", "svm", "pvm"), help="register flavour (default: this host's)"
     )
+    explore.add_argument(
+        "--svg",
+        metavar="FILE",
+        help="also draw the outcomes and a shortest schedule to each as SVG (one TRACE only)",
+    )
 
     model = commands.add_parser(
         "model",
@@ -132,6 +137,14 @@ def _selection_options(parser) -> None:
         default=[],
         metavar="TAG",
         help="only traces carrying TAG (repeatable: all must match)",
+    )
+    parser.add_argument(
+        "--rule",
+        dest="rules",
+        action="append",
+        default=[],
+        metavar="N",
+        help="only traces that pin rule N of docs/semantics.md (22, d7.3; repeatable: any)",
     )
 
 

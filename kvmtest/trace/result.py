@@ -4,6 +4,7 @@ import errno
 from dataclasses import dataclass, field
 from enum import Enum
 
+from kvmtest import rules
 from kvmtest.ops import MP_STATE_NAMES
 
 
@@ -128,6 +129,10 @@ class TraceResult:
                     "field": m.field,
                     "expected": _jsonable(m.expected),
                     "observed": _jsonable(m.observed),
+                    "rules": [
+                        {"rule": r, "anchor": rules.link(r)}
+                        for r in rules.rules_for(m.field, self.rules)
+                    ],
                 }
                 for m in self.mismatches
             ],
