@@ -78,9 +78,9 @@ def _svg(width: float, height: float, body: list[str], title: str) -> str:
 # A run as a sequence diagram
 
 LEFT = 300  # the step column
-LANE = 170  # distance between lanes
+LANE = 190  # distance between lanes
 TOP = 78  # lane titles above
-ROW = 66
+ROW = 80
 BAND = 14
 
 
@@ -170,15 +170,13 @@ def _row_svg(record, previous, y: float) -> list[str]:
         before = previous.model[view.vcpu] if previous is not None else None
         changed = before is None or before != view
         tx = x + BAND / 2 + 5
-        room = LANE - BAND - 12
+        room = LANE - BAND - 6
         if changed:
             out.append(_text(tx, y + 40, _fit(name, room), 11, weight="bold"))
-            details = []
-            if view.pending:
-                details.append(f"{view.pending} pending")
-            details.append(f"vec {view.sipi_vector:#04x}")
-            details.append(cs_rip(view.cs_selector, view.rip))
-            out.append(_text(tx, y + 53, _fit(" ".join(details), room, 10), 10, colour="#424242"))
+            details = f"pending {view.pending or '-'}, vec {view.sipi_vector:#04x}"
+            out.append(_text(tx, y + 53, _fit(details, room, 10), 10, colour="#424242"))
+            where = f"CS:RIP {cs_rip(view.cs_selector, view.rip)}"
+            out.append(_text(tx, y + 65, _fit(where, room, 10), 10, colour="#424242"))
         report = record.predicted.get((view.vcpu, "report"))
         if report:
             out.append(_text(tx, y + 27, _fit(f"reports {report}", room, 10), 10, colour="#2e7d32"))
