@@ -35,7 +35,7 @@ def add_parser(commands) -> None:
         default="auto",
         help="kvm: a real VM; reference: the model alone; auto (default): kvm where usable",
     )
-    show.add_argument("--profile", help="model profile (default: chosen from the kernel release)")
+    add_profile_options(show)
     show.add_argument("--svg", metavar="FILE", help="also write the run as an SVG picture")
 
 
