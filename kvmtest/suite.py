@@ -48,10 +48,13 @@ def load_traces(paths) -> tuple[list, list]:
     return traces, errors
 
 
-def select(traces, patterns=(), tags=()) -> list:
-    """-k PATTERN (substring or glob on the name) and --tag TAG (all must match)."""
+def select(traces, patterns=(), tags=(), rules=()) -> list:
+    """-k PATTERN (substring or glob on the name), --tag TAG (all must match) and --rule N
+    (the trace pins one of them: its `rules:` names it)."""
     chosen = []
     for trace in traces:
+        if rules and not {str(r) for r in rules} & {str(r) for r in trace.rules}:
+            continue
         if patterns and not any(
             p in trace.name or fnmatch.fnmatch(trace.name, p) for p in patterns
         ):
@@ -146,12 +149,22 @@ def unjudged_results(traces, profile: str, backend: Backend) -> list:
 
 
 def run_all(
-    traces, profile, context, *, repeat=1, jobs=1, timeout=60.0, progress=None, on_result=None
+    traces,
+    profile,
+    context,
+    *,
+    repeat=1,
+    jobs=1,
+    timeout=60.0,
+    progress=None,
+    on_result=None,
+    timeline=False,
 ) -> list:
     """Run every (trace, repetition); results in corpus order.
 
     `progress.advance(result)` and `on_result(result)` are called as each result completes (on
-    the runner threads, in completion order): the KTAP stream prints from there.
+    the runner threads, in completion order): the KTAP stream prints from there. With
+    `timeline`, each result keeps its StepRecords (run -v, kvmtest show).
     """
     work = [(i, r, t) for i, t in enumerate(traces) for r in range(repeat)]
     results: dict = {}
@@ -167,7 +180,7 @@ def run_all(
                 index, rep, trace = pending.get_nowait()
             except queue.Empty:
                 return
-            result = _run_with_deadline(trace, profile, context, rep, timeout)
+            result = _run_with_deadline(trace, profile, context, rep, timeout, timeline)
             with lock:
                 results[(index, rep)] = result
             try:
@@ -197,10 +210,10 @@ def run_one(trace, profile, context, repeat=0, timeout=60.0) -> TraceResult:
     return _run_with_deadline(trace, profile, context, repeat, timeout)
 
 
-def _run_with_deadline(trace, profile, context, rep, timeout) -> TraceResult:
+def _run_with_deadline(trace, profile, context, rep, timeout, timeline=False) -> TraceResult:
     box = []
     thread = threading.Thread(
-        target=lambda: box.append(run_trace(trace, profile, context, rep)), daemon=True
+        target=lambda: box.append(run_trace(trace, profile, context, rep, timeline)), daemon=True
     )
     start = time.perf_counter()
     thread.start()

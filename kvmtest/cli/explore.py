@@ -37,6 +37,11 @@ def main(args) -> int:
                 status = EXIT_USAGE
                 continue
             print(render(result))
+            if getattr(args, "svg", None):
+                from kvmtest.report.svg import explore_svg
+
+                with open(args.svg, "w", encoding="utf-8") as out:
+                    out.write(explore_svg(result))
             if result.violations and status == EXIT_PASS:
                 status = EXIT_FAIL
     finally:

@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument(
         "--flavour", choices=("vmx", "svm", "pvm"), help="register flavour (default: this host's)"
     )
+    explore.add_argument(
+        "--svg",
+        metavar="FILE",
+        help="also draw the outcomes and a shortest schedule to each as SVG (one TRACE only)",
+    )
 
     model = commands.add_parser(
         "model",
@@ -120,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=("table", "profiles", "dot"), default="table", help="what to print"
     )
 
+    from kvmtest.cli import show as show_command
     from kvmtest.matrix import cli as matrix_command
+
+    show_command.add_parser(commands)
 
     matrix_command.add_parser(commands)
 
@@ -151,6 +159,14 @@ def _selection_options(parser) -> None:
         default=[],
         metavar="TAG",
         help="only traces carrying TAG (repeatable: all must match)",
+    )
+    parser.add_argument(
+        "--rule",
+        dest="rules",
+        action="append",
+        default=[],
+        metavar="N",
+        help="only traces that pin rule N of docs/semantics.md (22, d7.3; repeatable: any)",
     )
 
 
@@ -198,6 +214,10 @@ def main(argv=None) -> int:
             except UsageError as exc:
                 print(f"kvmtest model: {exc}", file=sys.stderr)
                 return EXIT_USAGE
+        if args.command == "show":
+            from kvmtest.cli import show
+
+            return show.main(args)
         if args.command == "explore":
             from kvmtest.cli import explore
 

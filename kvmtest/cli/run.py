@@ -27,7 +27,7 @@ def run(args) -> int:
     traces, load_errors = runner.load_traces(args.paths)
     for error in load_errors:
         print(f"kvmtest run: {error}", file=sys.stderr)
-    chosen = runner.select(traces, args.patterns, args.tags)
+    chosen = runner.select(traces, args.patterns, args.tags, args.rules)
     if not chosen and not load_errors:
         raise runner.UsageError("no trace matches the selection")
     label = profile.label
@@ -61,6 +61,7 @@ def run(args) -> int:
                     timeout=args.timeout,
                     progress=progress,
                     on_result=None if stream is None else stream.add,
+                    timeline=args.verbose,
                 )
         errors = [runner.load_error_result(e, label, backend.name) for e in load_errors]
         for result in errors:
@@ -104,7 +105,7 @@ def list_traces(args) -> int:
     traces, load_errors = runner.load_traces(args.paths)
     for error in load_errors:
         print(f"kvmtest list: {error}", file=sys.stderr)
-    chosen = runner.select(traces, args.patterns, args.tags)
+    chosen = runner.select(traces, args.patterns, args.tags, args.rules)
     width = max((len(t.name) for t in chosen), default=4)
     tag_width = max((len(",".join(t.tags)) for t in chosen), default=4)
     print(f"{'name':<{width}}  {'vcpus':>5}  {'tags':<{tag_width}}  rules")

@@ -16,6 +16,7 @@ import math
 import re
 import xml.etree.ElementTree as ET
 
+from kvmtest import rules
 from kvmtest.trace.result import Status
 
 from ._format import one_line, rules_label
@@ -134,6 +135,8 @@ def _failure_text(result) -> str:
         lines.append(m.describe())
         lines.append(f"  expected (model): {m.show(m.expected)}")
         lines.append(f"  observed (KVM):   {m.show(m.observed)}")
+        anchors = [rules.link(r) or r for r in rules.rules_for(m.field, result.rules)]
+        lines.append(f"  rules: {', '.join(anchors)}")
     if result.outcomes:
         lines.append("outcomes: " + summary_line(result.outcomes, result.allowed))
     if result.message:

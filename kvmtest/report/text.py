@@ -26,6 +26,7 @@ from ._format import (
 )
 from ._group import TraceGroup, group_results
 from ._outcomes import outcome_rows
+from .timeline import render_timeline, rule_lines
 
 STATUS_WIDTH = 5  # len("ERROR")
 NAME_WIDTH_MAX = 40
@@ -76,6 +77,8 @@ def _single_lines(result, width: int, verbose: bool) -> list:
     elif verbose:
         body = _context_lines(result, INDENT) + _message_lines(result.message, INDENT, verbose)
     body += _histogram(result.outcomes, result.allowed, INDENT)
+    if verbose and result.timeline:
+        body += ["", *render_timeline(result).split("\n"), ""]
     return [head.rstrip(), *body]
 
 
@@ -167,6 +170,7 @@ def _mismatch_lines(result, indent: str) -> list:
         lines.append(f"{indent}{where}  {vcpu_label(m.vcpu)}  {one_line(m.field)}")
         lines.append(f"{indent}  expected (model)  {one_line(m.show(m.expected))}")
         lines.append(f"{indent}  observed (KVM)    {one_line(m.show(m.observed))}")
+        lines.extend(rule_lines(m, result.rules, indent + "  "))
     return lines
 
 

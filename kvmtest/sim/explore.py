@@ -80,6 +80,7 @@ class Exploration:
     violations: dict = field(default_factory=dict)  # label -> [property names]
     shortest_violation: list = field(default_factory=list)  # [Move]
     allowed: dict = field(default_factory=dict)  # label -> Outcome
+    shortest: dict = field(default_factory=dict)  # label -> [Move], one shortest schedule each
     elapsed: float = 0.0
     properties: tuple = ()
 
@@ -210,6 +211,7 @@ class Explorer:
         counts = _path_counts(root.key(), edges, terminal)
         result.interleavings = None if counts is None else sum(counts.values())
         violating = None
+        nearest: dict = {}  # label -> (depth, end state)
         for key, outcome in terminal.items():
             landed = {v for v, how in nodes[key].landed if how.startswith("sipi")}
             landed |= {v for v in must_land - landed if _at_sipi_vector(nodes[key].machine, v)}
@@ -222,6 +224,10 @@ class Explorer:
                     violating = key
             n = counts.get(key, 0) if counts is not None else 1
             result.outcomes[label] = result.outcomes.get(label, 0) + n
+            depth = _depth(parent, key)
+            if label not in nearest or depth < nearest[label][0]:
+                nearest[label] = (depth, key)
+        result.shortest = {label: _schedule(parent, key) for label, (_, key) in nearest.items()}
         if violating is not None:
             result.shortest_violation = _schedule(parent, violating)
         result.elapsed = time.perf_counter() - start

@@ -22,6 +22,7 @@ from kvmtest.guest import GuestError
 from kvmtest.kvm import KvmError
 from kvmtest.sim.explore import ExploreError, Explorer, Outcome
 from kvmtest.sim.schedule import Sequential
+from kvmtest.sim.signals import signal_of
 from kvmtest.sim.system import System
 from reference import GUEST
 
@@ -197,6 +198,7 @@ def _record(trace, index, step, system, predicted, observed, real) -> StepRecord
         predicted,
         observed,
         real.thread_positions(observed) if real is not None else None,
+        signal_of(step, trace.setup),
     )
 
 

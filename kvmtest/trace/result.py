@@ -4,6 +4,7 @@ import errno
 from dataclasses import dataclass, field
 from enum import Enum
 
+from kvmtest import rules
 from kvmtest.ops import MP_STATE_NAMES
 
 
@@ -67,6 +68,7 @@ class StepRecord:
     predicted: dict  # (vcpu, field) -> value
     observed: dict | None  # (vcpu, field) -> value; None without KVM
     threads: dict | None = None  # vcpu -> "reported", "blocked in KVM_RUN", "running", "idle"
+    signal: object = None  # kvmtest.sim.signals.Signal the step sends (ICR, MSI), or None
 
 
 @dataclass
@@ -130,6 +132,10 @@ class TraceResult:
                     "field": m.field,
                     "expected": _jsonable(m.expected),
                     "observed": _jsonable(m.observed),
+                    "rules": [
+                        {"rule": r, "anchor": rules.link(r)}
+                        for r in rules.rules_for(m.field, self.rules)
+                    ],
                 }
                 for m in self.mismatches
             ],

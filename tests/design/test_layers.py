@@ -18,7 +18,11 @@ LAYERS = [
         ["kvmtest.cli", "kvmtest.__main__", "kvmtest.pytest_plugin"],
         "argument parsing, exit codes, errors to stderr; the pytest plugin",
     ),
-    ("tools", ["kvmtest.matrix", "kvmtest.coverage"], "kernel matrix, generated coverage table"),
+    (
+        "tools",
+        ["kvmtest.matrix", "kvmtest.coverage", "kvmtest.answers"],
+        "kernel matrix, generated coverage table, generated answers page",
+    ),
     ("suite", ["kvmtest.suite"], "many traces: selection, backends, jobs, timeouts"),
     ("report", ["kvmtest.report"], "text, KTAP, JSON, JUnit of a run's results"),
     ("trace", ["kvmtest.trace"], "load, dump, run_trace (predict, perform, compare), results"),
@@ -30,8 +34,8 @@ LAYERS = [
     ),
     (
         "ops+guest",
-        ["kvmtest.ops", "kvmtest.guest"],
-        "the operation vocabulary; guest layout, protocol, images, loader",
+        ["kvmtest.ops", "kvmtest.guest", "kvmtest.rules", "kvmtest._rule_titles"],
+        "the operation vocabulary; guest layout, protocol, images, loader; rule titles",
     ),
     ("kvm", ["kvmtest.kvm"], "cffi bindings: Kvm, Vm, Vcpu, exits, KvmError"),
     ("reference", ["reference"], "the model: standard library only"),

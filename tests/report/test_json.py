@@ -55,6 +55,10 @@ def test_per_trace_status_mismatches_elapsed():
         "expected": 3,
         "observed": 0,
         "text": samples.HALTED_MISMATCHES[0].describe(),
+        "rules": [  # the trace's rules (4, 11, 12) that speak of mp_state
+            {"rule": "11", "anchor": "docs/semantics.md#rule-11"},
+            {"rule": "12", "anchor": "docs/semantics.md#rule-12"},
+        ],
     }
     assert second["vcpu"] is None and second["expected"] == [0, 0x9F000]
     assert doc["results"][3]["message"] == "KVM_CAP_SPLIT_IRQCHIP missing"
