@@ -5,7 +5,7 @@
 format, cannot exercise it), so the document cannot drift from the corpus:
 tests/corpus/test_coverage.py compares the two.
 
-Rule numbers and titles come from the anchored headings of docs/semantics.md: 1-41 (section b)
+Rule numbers and titles come from the anchored headings of docs/semantics.md: 1-N (section b)
 and d7.1-d7.14 (the quirk list, section d.7); d8.1-d8.7 (host observations) come from
 docs/host-findings.md. Each rule in the table links to its anchor.
 """
@@ -30,7 +30,7 @@ _ANCHOR_KEY = re.compile(r"^(?:rule-(\d+)|(d[78])-(\d+))$")
 
 def load_rule_titles(docs: Path = DOCS) -> tuple[dict[str, str], dict[str, str]]:
     """(rule -> title, rule -> link relative to docs/) from the anchored headings of
-    docs/semantics.md (rules 1-41, quirks d.7.N) and docs/host-findings.md (observations d.8.N)."""
+    docs/semantics.md (rules 1-N, quirks d.7.N) and docs/host-findings.md (observations d.8.N)."""
     titles, links = {}, {}
     for name in ("semantics.md", "host-findings.md"):
         text = (docs / name).read_text(encoding="utf-8")
@@ -45,7 +45,7 @@ def load_rule_titles(docs: Path = DOCS) -> tuple[dict[str, str], dict[str, str]]
 
 
 RULES, LINKS = load_rule_titles()
-REQUIRED = [str(n) for n in range(1, 42)] + [f"d7.{n}" for n in range(1, 15)]
+REQUIRED = sorted((r for r in RULES if r.isdigit()), key=int) + [f"d7.{n}" for n in range(1, 15)]
 
 
 def _sort_key(rule: str):
@@ -101,11 +101,12 @@ def _table(rules, by_rule, uncovered) -> list[str]:
 
 
 def render_coverage(traces, uncovered: dict) -> str:
-    """Markdown: rule -> traces for rules 1-41, quirks d7.1-14 and observations d8.N, then the
-    rules this host cannot exercise with the reason, then every trace with its rules."""
+    """Markdown: rule -> traces for the rules of section b, quirks d7.1-14 and observations
+    d8.N, then the rules this host cannot exercise with the reason, then every trace with its
+    rules."""
     uncovered = {str(k): v for k, v in uncovered.items()}
     by_rule = traces_by_rule(traces)
-    section_b = [str(n) for n in range(1, 42)]
+    section_b = sorted((r for r in RULES if r.isdigit()), key=int)
     quirks = [f"d7.{n}" for n in range(1, 15)]
     observations = [f"d8.{n}" for n in range(1, 8)]
     extra = sorted((r for r in by_rule if r not in RULES), key=_sort_key)
@@ -117,7 +118,7 @@ def render_coverage(traces, uncovered: dict) -> str:
         " -->",
         "",
         "Which traces of `kvmtest/corpus/` check each rule of [semantics.md](semantics.md)"
-        " (rules 1-41 of section b, quirks d.7.1-14) and each host observation d.8 of"
+        f" (rules 1-{section_b[-1]} of section b, quirks d.7.1-14) and each host observation d.8 of"
         " [host-findings.md](host-findings.md#d8), from each trace's `rules:` list."
         " The last column is"
         " `kvmtest/coverage_uncovered.yaml`: why this host (Linux 6.18, `kvm_pvm`, no SMM, no"

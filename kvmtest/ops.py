@@ -25,9 +25,9 @@ SEGMENT_FIELDS = ("selector", "base", "limit", "type", "present", "dpl", "db", "
 TABLES = ("gdt", "idt")
 REGISTER_FIELDS = ("rip", "rflags", "rdx")
 EVENT_FIELDS = ("events.sipi_vector", "events.latched_init", "events.smm")
-# LAPIC registers a trace can set and read (KVM_SET_LAPIC / KVM_GET_LAPIC): `id` is the APIC ID
-# (bits 31:24 of the xAPIC register, the whole register in x2APIC mode); the others are the
-# registers' raw values.
+# LAPIC registers a trace can set and read (KVM_SET_LAPIC / KVM_GET_LAPIC), as the register
+# page holds them: `id` has the xAPIC ID in bits 31:24 (and so has an x2APIC ID, unless the VM
+# enabled KVM_X2APIC_API_USE_32BIT_IDS).
 LAPIC_REGISTERS = ("id", "ldr", "dfr", "spiv")
 LAPIC_FIELDS = tuple(f"lapic.{name}" for name in LAPIC_REGISTERS)
 # MSRs a trace can set and read (KVM_SET_MSRS / KVM_GET_MSRS), by name -> index.

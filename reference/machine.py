@@ -767,6 +767,26 @@ class Machine:
         self._recalc_map()  # rule 34
         return 0
 
+    def get_lapic(self, vcpu: int) -> dict:
+        """KVM_GET_LAPIC, the registers routing depends on, as the register page holds them: ID
+        (xAPIC: the ID in bits 31:24; x2APIC: the same unless KVM_X2APIC_API_USE_32BIT_IDS),
+        LDR, DFR and SPIV. No side effects."""
+        v = self._ioctl(vcpu, "KVM_GET_LAPIC")
+        if v.x2apic_mode:  # kvm_apic_state_fixup: the legacy format shifts the x2APIC ID too
+            raw_id = v.index if self.x2apic_format else (v.index << 24) & 0xFFFFFFFF
+        else:
+            raw_id = v.xapic_id << 24
+        return {
+            "id": raw_id,
+            "ldr": v.ldr,
+            "dfr": v.dfr,
+            "spiv": v.spiv,
+        }
+
+    def get_apic_base(self, vcpu: int) -> int:
+        """KVM_GET_MSRS of IA32_APIC_BASE."""
+        return self._ioctl(vcpu, "KVM_GET_MSRS").apic_base
+
     def lapic_write(self, vcpu: int, reg: str, value: int) -> None:
         """A guest write of an xAPIC register that routing depends on: "id", "ldr", "dfr",
         "spiv". ID/LDR/DFR writes (and, 6.1+, SPIV enable toggles) recalculate the map."""
@@ -873,7 +893,8 @@ class Machine:
         return 0
 
     def set_sregs(self, vcpu: int, **values) -> int:
-        """KVM_SET_SREGS for segments (dict or Segment), gdt/idt, cr0 and apic_base."""
+        """KVM_SET_SREGS for segments (dict or Segment), gdt/idt, cr0 and apic_base. On the BSP,
+        the reset CS with RIP at the reset vector in real mode makes it RUNNABLE (rule 42)."""
         v = self._ioctl(vcpu, "KVM_SET_SREGS")
         if "apic_base" in values:
             r = self.set_apic_base(vcpu, values.pop("apic_base"))
@@ -888,6 +909,15 @@ class Machine:
                 v.regs["cr0"] = value
             else:
                 raise ModelError(f"set_sregs: unknown field {name!r}")
+        cs, cr0 = v.regs["cs"], v.regs["cr0"]
+        if (
+            self.is_bsp(vcpu)
+            and v.regs["rip"] == R.RESET_RIP
+            and (cs.selector, cs.base) == (R.RESET_CS_SELECTOR, R.RESET_CS_BASE)
+            and cr0 is not R.GUEST
+            and not cr0 & R.CR0_PE
+        ):
+            self._set_runnable(v)  # rule 42: "older userspace won't unhalt the vcpu on reset"
         return 0
 
     # ------------------------------------------------------------------ vCPU events, SMM, NMI

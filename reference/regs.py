@@ -71,11 +71,14 @@ GPRS = ("rip", "rflags", "rdx")
 # Everything the guest can change by running code (design.md: these become GUEST).
 GUEST_OWNED = GPRS + ("cr0",) + SEGMENTS + DTABLES
 
+CR0_PE = 0x1
 CR0_ET = 0x10
 CR0_NW = 1 << 29
 CR0_CD = 1 << 30
 CR0_RESET = CR0_CD | CR0_NW | CR0_ET  # 0x60000010
 RDX_DEFAULT = 0x600
+# The architectural reset vector: CS F000 based at FFFF0000, RIP FFF0 (c.1).
+RESET_CS_SELECTOR, RESET_CS_BASE, RESET_RIP = 0xF000, 0xFFFF0000, 0xFFF0
 
 # Table c.2: reported types of CS, SS and TR per flavour (quirk d.7.13).
 SEGMENT_TYPES = {

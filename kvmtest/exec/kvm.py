@@ -15,7 +15,7 @@ import time
 from kvmtest import guest as g
 from kvmtest import ops as f
 from kvmtest.guest.protocol import COMMAND_ACKS
-from kvmtest.kvm import lib
+from kvmtest.kvm import KvmError, layouts, lib
 from kvmtest.ops import BLOCK_OPS
 
 from .workers import VcpuWorker
@@ -53,6 +53,15 @@ def flatten_kvm_sregs(sregs) -> dict:
         out[f"{name}.base"], out[f"{name}.limit"] = table.base, table.limit
     out["cr0"] = sregs.cr0
     return out
+
+
+def _raw(ioctl, *args) -> int:
+    """An ioctl's result as the kernel returns it: 0, or -errno."""
+    try:
+        ioctl(*args)
+    except KvmError as exc:
+        return -exc.errno
+    return 0
 
 
 def describe_report(report) -> str:
@@ -140,6 +149,12 @@ class KvmSide:
                     out["events.sipi_vector"] = events.sipi_vector
                     out["events.latched_init"] = events.smi.latched_init
                     out["events.smm"] = events.smi.smm
+                elif what == "lapic":
+                    registers = layouts.lapic_registers(vcpu.get_lapic())
+                    for name in f.LAPIC_REGISTERS:
+                        out[f"lapic.{name}"] = registers[name]
+                elif what == "msrs":
+                    out["msr.apic_base"] = self._apic_base(vcpu)
         return out
 
     def observe_op(self, op: f.Observe) -> dict:
@@ -175,9 +190,45 @@ class KvmSide:
             return {(step.vcpu, "result"): vcpu.set_vcpu_events_raw(events)}
 
     def set_lapic(self, op: f.SetLapic) -> dict:
+        """KVM_GET_LAPIC, the named registers replaced in the page (construct layout),
+        KVM_SET_LAPIC; with none named, the vCPU's own state goes back unchanged."""
+        vcpu = self.vcpus[op.vcpu]
         with self._paused(op.vcpu):
-            self.vcpus[op.vcpu].set_lapic(self.vcpus[op.vcpu].get_lapic())
-        return {(op.vcpu, "result"): 0}
+            page = layouts.with_lapic_registers(vcpu.get_lapic(), **dict(op.registers))
+            return {(op.vcpu, "result"): _raw(vcpu.set_lapic, page)}
+
+    def set_regs(self, op: f.SetRegs) -> dict:
+        vcpu = self.vcpus[op.vcpu]
+        with self._paused(op.vcpu):
+            regs = vcpu.get_regs()
+            for name, value in op.values:
+                setattr(regs, name, value)
+            return {(op.vcpu, "result"): _raw(vcpu.set_regs, regs)}
+
+    def set_sregs(self, op: f.SetSregs) -> dict:
+        vcpu = self.vcpus[op.vcpu]
+        with self._paused(op.vcpu):
+            sregs = vcpu.get_sregs()
+            for name, value in op.values:
+                table, _, field = name.rpartition(".")
+                setattr(getattr(sregs, table) if table else sregs, field, value)
+            return {(op.vcpu, "result"): _raw(vcpu.set_sregs, sregs)}
+
+    def set_msrs(self, op: f.SetMsrs) -> dict:
+        """KVM_SET_MSRS: the result is how many MSRs KVM took."""
+        vcpu = self.vcpus[op.vcpu]
+        with self._paused(op.vcpu):
+            taken = 0
+            for name, value in op.values:
+                if _raw(vcpu.set_msrs, {f.MSRS[name]: value}) == 0:
+                    taken += 1
+                else:
+                    break  # KVM stops at the first MSR it refuses
+            return {(op.vcpu, "result"): taken}
+
+    @staticmethod
+    def _apic_base(vcpu) -> int:
+        return vcpu.get_msrs([MSR_APIC_BASE])[MSR_APIC_BASE]
 
     def smi(self, op: f.Smi) -> dict:
         with self._paused(op.vcpu):
@@ -377,6 +428,9 @@ _PERFORM = {
     "set_mp_state": KvmSide.set_mp_state,
     "set_vcpu_events": KvmSide.set_vcpu_events,
     "set_lapic": KvmSide.set_lapic,
+    "set_regs": KvmSide.set_regs,
+    "set_sregs": KvmSide.set_sregs,
+    "set_msrs": KvmSide.set_msrs,
     "smi": KvmSide.smi,
     "nmi": KvmSide.nmi,
     "icr": KvmSide.guest,

@@ -518,7 +518,47 @@ class System:
                 out["events.sipi_vector"] = events["sipi_vector"]
                 out["events.latched_init"] = events["smi"]["latched_init"]
                 out["events.smm"] = events["smi"]["smm"]
+            elif what == "lapic":
+                for name, value in m.get_lapic(vcpu).items():
+                    out[f"lapic.{name}"] = value
+            elif what == "msrs":
+                out["msr.apic_base"] = m.get_apic_base(vcpu)
         return out
+
+    def _set_regs(self, op) -> dict:
+        return {
+            (op.vcpu, "result"): self._paused(op.vcpu, self.machine.set_regs, **dict(op.values))
+        }
+
+    def _set_sregs(self, op) -> dict:
+        """KVM_GET_SREGS, the named fields replaced, KVM_SET_SREGS (apic_base as read)."""
+        m = self.machine
+
+        def get_modify_set(vcpu: int) -> int:
+            regs, changes = m.vcpus[vcpu].regs, {}
+            for name, value in op.values:
+                if name == "cr0":
+                    changes["cr0"] = value
+                    continue
+                table, field = name.split(".")
+                changes[table] = changes.get(table, regs[table])._replace(**{field: value})
+            return m.set_sregs(vcpu, **changes)
+
+        return {(op.vcpu, "result"): self._paused(op.vcpu, get_modify_set)}
+
+    def _set_lapic(self, op) -> dict:
+        values = dict(op.registers)
+        if "id" in values:  # the raw register: the ID in bits 31:24 but for x2APIC's 32-bit IDs
+            raw = values.pop("id")
+            v = self.machine.vcpus[op.vcpu]
+            values["apic_id"] = raw if v.x2apic_mode and self.machine.x2apic_format else raw >> 24
+        return {(op.vcpu, "result"): self._paused(op.vcpu, self.machine.set_lapic, **values)}
+
+    def _set_msrs(self, op) -> dict:
+        """KVM_SET_MSRS returns how many MSRs it took: 1, or 0 when KVM refuses the value."""
+        ((name, value),) = op.values  # one MSR: IA32_APIC_BASE
+        refused = self._paused(op.vcpu, self.machine.set_apic_base, value)
+        return {(op.vcpu, "result"): 0 if refused else 1}
 
     def _get_mp_state(self, op) -> dict:
         return {(op.vcpu, "mp_state"): int(self._paused(op.vcpu, self.machine.get_mp_state))}
@@ -611,7 +651,10 @@ HOST_OPS = {
     "get_mp_state": System._get_mp_state,
     "set_mp_state": System._set_mp_state,
     "set_vcpu_events": System._set_vcpu_events,
-    "set_lapic": _vcpu_ioctl("set_lapic"),
+    "set_lapic": System._set_lapic,
+    "set_regs": System._set_regs,
+    "set_sregs": System._set_sregs,
+    "set_msrs": System._set_msrs,
     "smi": _vcpu_ioctl("smi"),
     "nmi": _vcpu_ioctl("nmi"),
     "smp_boot": System._smp_boot,

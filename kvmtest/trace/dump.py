@@ -57,6 +57,9 @@ def step_mapping(step) -> str:
         return f"msi: {_map(body)}"
     if kind == "icr":
         return f"icr: {_map({'vcpu': step.vcpu, 'value': step.value})}"
+    if kind in ("set_regs", "set_sregs", "set_msrs") or (kind == "set_lapic" and step.registers):
+        values = step.registers if kind == "set_lapic" else step.values
+        return f"{kind}: {_map({'vcpu': step.vcpu, **dict(values)})}"
     if kind in ("get_mp_state", "set_lapic", "smi", "nmi"):
         return f"{kind}: {step.vcpu}"
     if kind == "set_mp_state":

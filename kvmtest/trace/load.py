@@ -755,9 +755,8 @@ def _step(ctx, value, line, setup: f.Setup, nested: bool, thread: str | None = N
     if isinstance(body, dict):
         line = getattr(body, "line", line)
     known = (
-        "msi, icr, observe, get_mp_state, set_mp_state, set_vcpu_events, set_lapic, smi, nmi, "
-        + ", ".join(GUEST_COMMANDS)
-        + ", smp_boot, concurrently"
+        "msi, icr, observe, get_mp_state, set_mp_state, set_vcpu_events, set_lapic, set_regs, "
+        "set_sregs, set_msrs, smi, nmi, " + ", ".join(GUEST_COMMANDS) + ", smp_boot, concurrently"
     )
     if not isinstance(kind, str):
         raise ctx.error(line, f"unknown step {_excerpt(kind)} (known: {known})")
@@ -780,6 +779,10 @@ def _step(ctx, value, line, setup: f.Setup, nested: bool, thread: str | None = N
         return f.Icr(vcpu, icr_value(ctx, body, line, setup.apic), line=line)
     if kind == "observe":
         return _observe(ctx, body, line)
+    if kind in ("set_regs", "set_sregs", "set_msrs") or (
+        kind == "set_lapic" and isinstance(body, dict)
+    ):
+        return _register_step(ctx, kind, body, line)
     if kind in ("get_mp_state", "set_lapic", "smi", "nmi"):
         vcpu = ctx.vcpu(body, kind, line)
         cls = {"get_mp_state": f.GetMpState, "set_lapic": f.SetLapic, "smi": f.Smi, "nmi": f.Nmi}
@@ -815,6 +818,35 @@ def _step(ctx, value, line, setup: f.Setup, nested: bool, thread: str | None = N
     if kind == "concurrently":
         return _concurrently(ctx, body, line, setup)
     raise ctx.error(line, f"unknown step {_excerpt(kind)} (known: {known})")
+
+
+# What each register step may set, in the order the operation keeps them.
+REGISTER_STEPS = {
+    "set_regs": (f.SetRegs, f.REGISTER_FIELDS),
+    "set_sregs": (f.SetSregs, f.SREGS_FIELDS),
+    "set_lapic": (f.SetLapic, f.LAPIC_REGISTERS),
+    "set_msrs": (f.SetMsrs, tuple(f.MSRS)),
+}
+
+
+def _register_step(ctx, kind, body, line):
+    """`set_regs: {vcpu: 1, rip: 0x1000}` and its kin: any subset of the named fields (the rest
+    as KVM reads them back), each within its width."""
+    cls, names = REGISTER_STEPS[kind]
+    body = ctx.mapping(body, kind, line, {"vcpu", *names}, {"vcpu"})
+    vcpu = ctx.vcpu(body["vcpu"], f"{kind}.vcpu", line)
+    values = []
+    for name in names:
+        if name in body:
+            bits = (
+                32 if kind in ("set_lapic",) else 64 if kind == "set_msrs" else f.field_bits(name)
+            )
+            values.append(
+                (name, ctx.integer(body[name], f"{kind}.{name}", line, 0, (1 << bits) - 1))
+            )
+    if not values:
+        raise ctx.error(line, f"{kind}: names no field to set (one of: {', '.join(names)})")
+    return cls(vcpu, tuple(values), line=line)
 
 
 def _concurrently(ctx, body, line, setup) -> f.Concurrently:
