@@ -5,6 +5,7 @@ import mmap
 import os
 import signal
 import threading
+import time
 
 from . import _lib, exits
 from .errors import KvmError
@@ -48,10 +49,23 @@ class Vcpu(OwnedFd):
         self._exit = _lib.ffi.new("struct kvmtest_exit *")
         _install_kick_handler()
 
-    def _release(self) -> None:
-        # Point run() at a harmless page first so a racing caller never touches the unmapped one.
-        self._dead_page = _lib.ffi.new("char[]", mmap.PAGESIZE)
-        self._run = _lib.ffi.cast("struct kvm_run *", self._dead_page)
+    def _release(self, wait: float = 2.0) -> None:
+        """Unmap kvm_run, but never under a thread still inside KVM_RUN: that thread's C code
+        reads the page when the ioctl returns (a segfault). Kick it out and wait; one that does
+        not come out keeps the mapping (leaked with the process, never a crash)."""
+        deadline = time.monotonic() + wait
+        while True:
+            with self._kick_lock:
+                if self._thread is None:
+                    # run() from now on sees the harmless page and fd -1 (EBADF).
+                    self._dead_page = _lib.ffi.new("char[]", mmap.PAGESIZE)
+                    self._run = _lib.ffi.cast("struct kvm_run *", self._dead_page)
+                    break
+            if time.monotonic() > deadline:
+                self._run_map_leaked = True
+                return
+            self.kick()
+            time.sleep(0.0005)
         _lib.ffi.release(self._run_buffer)
         try:
             self._run_map.close()
@@ -73,7 +87,8 @@ class Vcpu(OwnedFd):
                 self._exit.reason = _lib.lib.KVM_EXIT_INTR
                 return -errno.EINTR
             self._thread = threading.get_ident()
-        ret = _lib.lib.kvmtest_run(self._fd, self._run, self._exit)
+            fd, run = self._fd, self._run  # as of now: close() waits for this call to end
+        ret = _lib.lib.kvmtest_run(fd, run, self._exit)
         err = _lib.ffi.errno
         with self._kick_lock:
             self._thread = None

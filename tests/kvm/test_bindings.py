@@ -216,3 +216,56 @@ def test_kick_after_an_exit_is_answered_by_the_next_run(kvm):
         assert isinstance(vcpu.run(), exits.Intr)
         assert isinstance(vcpu.run(), exits.Io)  # the kick was answered once, not twice
         assert vcpu.get_regs().rip == 0x1004
+
+
+CLOSE_UNDER_A_RUNNING_VCPU = r"""
+import errno, os, threading, time
+from kvmtest.kvm import Kvm
+from tests.kvm.test_bindings import start_real_mode
+
+kvm = Kvm()
+before = len(os.listdir("/proc/self/fd"))
+for round_ in range(3):
+    vm = kvm.create_vm()
+    vm.create_irqchip()
+    memory = vm.set_user_memory_region(0, 0, 1 << 20)
+    vcpu = vm.create_vcpu(0)
+    start_real_mode(vcpu, memory, b"\xeb\xfe")  # jmp $: spins in guest code for ever
+    results = []
+
+    def spin():
+        while True:
+            ret = vcpu.run_raw()
+            if ret == -errno.EBADF:
+                results.append(ret)
+                return
+
+    thread = threading.Thread(target=spin)
+    thread.start()
+    time.sleep(0.1)
+    assert vcpu.in_kvm_run
+    vm.close()  # the VM goes while its vCPU thread is inside KVM_RUN
+    thread.join(5)
+    assert not thread.is_alive() and results == [-errno.EBADF], results
+print("fds", before, len(os.listdir("/proc/self/fd")))
+"""
+
+
+def test_closing_a_vm_under_a_vcpu_running_guest_code_never_crashes(kvm):
+    """The Reliability issue's segfault: the VM (and its kvm_run page) closed while another
+    thread ran the vCPU. Close now kicks the thread out of KVM_RUN before unmapping; the thread
+    then gets EBADF. Run in a child so a crash is a failed exit code, not a dead test run."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    child = subprocess.run(
+        [sys.executable, "-c", CLOSE_UNDER_A_RUNNING_VCPU],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=60,
+    )
+    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
+    _, before, after = child.stdout.split()
+    assert before == after  # every VM and vCPU fd closed
