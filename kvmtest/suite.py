@@ -210,23 +210,39 @@ def run_one(trace, profile, context, repeat=0, timeout=60.0) -> TraceResult:
     return _run_with_deadline(trace, profile, context, repeat, timeout)
 
 
+# Seconds a timed-out trace has to tear its VM down (stop its vCPU threads, close fds).
+TEARDOWN = 10.0
+
+
 def _run_with_deadline(trace, profile, context, rep, timeout, timeline=False) -> TraceResult:
+    """run_trace on its own thread; at the deadline it is cancelled and waited for while it
+    tears its VM down, so a timed-out trace leaves no VM, fd or thread behind."""
     box = []
+    cancel = threading.Event()
     thread = threading.Thread(
-        target=lambda: box.append(run_trace(trace, profile, context, rep, timeline)), daemon=True
+        target=lambda: box.append(run_trace(trace, profile, context, rep, timeline, cancel)),
+        daemon=True,
+        name=f"trace-{trace.name}",
     )
     start = time.perf_counter()
     thread.start()
     thread.join(timeout)
     if box:
         return box[0]
+    cancel.set()
+    thread.join(TEARDOWN)
+    after = (
+        "its VM was torn down"
+        if not thread.is_alive()
+        else (f"its VM could not be torn down within {TEARDOWN:g} s and is left to the process")
+    )
     return TraceResult.of(
         trace,
         profile,
         context.backend,
         rep,
         status=Status.ERROR,
-        message=f"timed out after {timeout:g} s (the trace's VM is abandoned)",
+        message=f"timed out after {timeout:g} s; {after}",
         elapsed=time.perf_counter() - start,
         timed_out=True,
     )

@@ -80,8 +80,9 @@ def describe_report(report) -> str:
 class KvmSide:
     name = "kvm"
 
-    def __init__(self, kvm, trace: f.Trace, cpuid):
+    def __init__(self, kvm, trace: f.Trace, cpuid, cancel=None):
         setup = trace.setup
+        self.cancel = cancel  # a threading.Event: the runner gave up, stop waiting
         self.setup = setup
         self.workers: dict[int, VcpuWorker] = {}
         self._x2apic_after_start = False  # GuestVm.start() semantics, see _after_ready
@@ -338,7 +339,7 @@ class KvmSide:
                 quiet_since = now
             elif now - quiet_since >= quiet:
                 break
-            if now > deadline:
+            if now > deadline or (self.cancel is not None and self.cancel.is_set()):
                 break
             time.sleep(POLL)
         self._drain_reports(out)

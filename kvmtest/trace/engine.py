@@ -118,12 +118,22 @@ def _key_order(key):
     return (-1 if vcpu is None else vcpu, field)
 
 
+class Cancelled(Exception):
+    """The runner gave up on this trace (its deadline passed, or the run was interrupted)."""
+
+
 def run_trace(
-    trace: f.Trace, profile, host: HostContext, repeat: int = 0, timeline: bool = False
+    trace: f.Trace,
+    profile,
+    host: HostContext,
+    repeat: int = 0,
+    timeline: bool = False,
+    cancel: threading.Event | None = None,
 ) -> TraceResult:
     """Replay `trace` under `profile` (a name or a reference.Profile); never raises for a
     problem in the trace or the host. With `timeline`, the result keeps a StepRecord of both
-    sides for every step (what `kvmtest show` draws)."""
+    sides for every step (what `kvmtest show` draws). Setting `cancel` stops the replay at the
+    next step (and the kvm side's waits at once); the VM is torn down as after any trace."""
     start = time.perf_counter()
     profile = reference.get_profile(profile)
     result = TraceResult.of(trace, profile_label(profile), host.backend, repeat)
@@ -143,9 +153,11 @@ def run_trace(
         if host.backend == "kvm":
             from kvmtest.exec.kvm import KvmSide
 
-            real = KvmSide(host.kvm, trace, host.cpuid)
+            real = KvmSide(host.kvm, trace, host.cpuid, cancel)
         check_pins = profile.name in trace.pinned_profiles
         for index, step in enumerate(trace.steps):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled by the runner")
             if step.kind == "concurrently":
                 _concurrent(trace, index, step, system, real, profile, host, result, check_pins)
                 break  # the block's outcome includes the steps after it
@@ -161,6 +173,8 @@ def run_trace(
                 result.timeline.append(
                     _record(trace, index, step, system, predicted, observed, real)
                 )
+    except Cancelled as exc:
+        _error(result, trace, index, step, str(exc))
     except reference.ModelError as exc:
         _error(result, trace, index, step, f"model: {exc}")
     except ExploreError as exc:
