@@ -159,12 +159,15 @@ def run_all(
     progress=None,
     on_result=None,
     timeline=False,
+    stop=None,
 ) -> list:
     """Run every (trace, repetition); results in corpus order.
 
     `progress.advance(result)` and `on_result(result)` are called as each result completes (on
     the runner threads, in completion order): the KTAP stream prints from there. With
-    `timeline`, each result keeps its StepRecords (run -v, kvmtest show).
+    `timeline`, each result keeps its StepRecords (run -v, kvmtest show). Setting `stop` (a
+    threading.Event: Ctrl-C, SIGTERM) starts no further trace and cancels those in flight; the
+    results that completed come back, still in corpus order.
     """
     work = [(i, r, t) for i, t in enumerate(traces) for r in range(repeat)]
     results: dict = {}
@@ -175,12 +178,14 @@ def run_all(
         pending.put(item)
 
     def worker():
-        while True:
+        while stop is None or not stop.is_set():
             try:
                 index, rep, trace = pending.get_nowait()
             except queue.Empty:
                 return
-            result = _run_with_deadline(trace, profile, context, rep, timeout, timeline)
+            result = _run_with_deadline(trace, profile, context, rep, timeout, timeline, stop)
+            if result is None:
+                return  # stopped in flight: not a result
             with lock:
                 results[(index, rep)] = result
             try:
@@ -199,10 +204,11 @@ def run_all(
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        while thread.is_alive():
+            thread.join(0.1)  # in slices: the main thread stays free to take a signal
     if failures:
         raise failures[0]
-    return [results[(i, r)] for i, r, _ in work]
+    return [results[(i, r)] for i, r, _ in work if (i, r) in results]
 
 
 def run_one(trace, profile, context, repeat=0, timeout=60.0) -> TraceResult:
@@ -214,9 +220,12 @@ def run_one(trace, profile, context, repeat=0, timeout=60.0) -> TraceResult:
 TEARDOWN = 10.0
 
 
-def _run_with_deadline(trace, profile, context, rep, timeout, timeline=False) -> TraceResult:
+def _run_with_deadline(
+    trace, profile, context, rep, timeout, timeline=False, stop=None
+) -> TraceResult | None:
     """run_trace on its own thread; at the deadline it is cancelled and waited for while it
-    tears its VM down, so a timed-out trace leaves no VM, fd or thread behind."""
+    tears its VM down, so a timed-out trace leaves no VM, fd or thread behind. When `stop` is
+    set meanwhile, the trace is cancelled the same way and None is returned."""
     box = []
     cancel = threading.Event()
     thread = threading.Thread(
@@ -226,7 +235,13 @@ def _run_with_deadline(trace, profile, context, rep, timeout, timeline=False) ->
     )
     start = time.perf_counter()
     thread.start()
-    thread.join(timeout)
+    deadline = start + timeout
+    while thread.is_alive() and time.perf_counter() < deadline:
+        if stop is not None and stop.is_set():
+            cancel.set()
+            thread.join(TEARDOWN)
+            return None
+        thread.join(min(0.05, max(0.0, deadline - time.perf_counter())))
     if box:
         return box[0]
     cancel.set()

@@ -69,14 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs", "-j", type=_positive, default=8, metavar="N", help="traces run at once (8)"
     )
     run.add_argument(
-        "--timeout", type=float, default=60.0, metavar="SECONDS", help="per-trace timeout (60)"
+        "--timeout",
+        type=_bounded(0.001, 86400.0),
+        default=60.0,
+        metavar="SECONDS",
+        help="per-trace timeout, 0.001 to 86400 (60)",
     )
     run.add_argument(
         "--jitter",
-        type=float,
+        type=_bounded(0.0, 1e6),
         default=200.0,
         metavar="MICROSECONDS",
-        help="concurrent blocks: random delay before each step, up to this (200)",
+        help="concurrent blocks: random delay before each step, up to this, 0 to 1e6 (200)",
     )
     run.add_argument(
         "--seed", type=int, metavar="N", help="seed for those delays (repetition r uses N + r)"
@@ -181,6 +185,21 @@ def _model(args) -> int:
     else:
         print(describe.transition_table(profile), end="")
     return 0
+
+
+def _bounded(low: float, high: float):
+    """An argparse type: a finite number in [low, high] (inf, nan and 1e300 are refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:  # also false for nan
+            raise argparse.ArgumentTypeError(f"{text!r} is not between {low:g} and {high:g}")
+        return value
+
+    return parse
 
 
 def _positive(text: str) -> int:

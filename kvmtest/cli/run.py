@@ -1,7 +1,9 @@
 """The `run` and `list` subcommands: glue between the runner and the reporters."""
 
 import os
+import signal
 import sys
+import threading
 import time
 
 from kvmtest import report
@@ -16,9 +18,32 @@ def _profile(args, backend):
     return resolve_profile(args, backend.host.get("kernel", ""))
 
 
+def _check_writable(path: str | None, option: str) -> None:
+    """Refuse an output file that cannot be written before the run, not after it."""
+    if path is None:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise runner.UsageError(f"{option} {path}: cannot write there")
+
+
+def _write_reports(summary, args) -> bool:
+    """JUnit and JSON files; a write that fails anyway (disk full) is one line on stderr and
+    False."""
+    written = True
+    for path, write in ((args.junit_xml, report.write_junit), (args.json_file, report.write_json)):
+        if path:
+            try:
+                write(summary, path)
+            except OSError as exc:
+                print(f"kvmtest run: cannot write {path}: {exc.strerror}", file=sys.stderr)
+                written = False
+    return written
+
+
 def run(args) -> int:
-    if args.jitter < 0:
-        raise runner.UsageError("--jitter must not be negative")
+    _check_writable(args.junit_xml, "--junit-xml")
+    _check_writable(args.json_file, "--json-file")
     started = runner.utc_now()
     backend = runner.choose_backend(args.backend, args.require_kvm)
     backend.context.jitter = args.jitter / 1e6
@@ -44,6 +69,7 @@ def run(args) -> int:
         )
         stream.start()
     start = time.perf_counter()
+    stop = _StopOnSignals()
     try:
         if backend.unusable:
             results = runner.unjudged_results(chosen, label, backend)
@@ -62,7 +88,9 @@ def run(args) -> int:
                     progress=progress,
                     on_result=None if stream is None else stream.add,
                     timeline=args.verbose,
+                    stop=stop.event,
                 )
+        stop.restore()
         errors = [runner.load_error_result(e, label, backend.name) for e in load_errors]
         for result in errors:
             if stream is not None:
@@ -83,6 +111,14 @@ def run(args) -> int:
             bases=runner.path_bases(args.paths),
         )
         summary.bad_input = bool(load_errors)  # the reports' exit_code is the process's
+        if stop.signal:
+            planned = len(chosen) * args.repeat
+            done = len(results) - len(errors)
+            summary.interrupted = (
+                f"interrupted by {signal.Signals(stop.signal).name} after {done} of {planned} "
+                "traces"
+            )
+            summary.interrupt_signal = stop.signal
         if stream is not None:
             stream.finish(summary)
         elif args.format == "json":
@@ -91,14 +127,43 @@ def run(args) -> int:
             print(report.render_markdown(summary))
         else:
             print(report.render_text(summary, verbose=args.verbose))
-        if args.junit_xml:
-            report.write_junit(summary, args.junit_xml)
-        if args.json_file:
-            report.write_json(summary, args.json_file)
+        written = _write_reports(summary, args)
     finally:
+        stop.restore()
         if backend.context.kvm is not None:
             backend.context.kvm.close()
+    if stop.signal:
+        print(f"kvmtest run: {summary.interrupted}", file=sys.stderr)
+    if not written and summary.exit_code == 0:
+        return 1  # the run passed but its report is missing: a CI must not read that as a pass
     return summary.exit_code
+
+
+class _StopOnSignals:
+    """SIGINT and SIGTERM during a run set an event instead of killing the process: no trace
+    starts after it, those in flight are cancelled and torn down, and every completed result
+    is still reported. A second signal of either kind exits at once (the default action)."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.signal = 0
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for signo in (signal.SIGINT, signal.SIGTERM):
+                self._old[signo] = signal.signal(signo, self._handle)
+
+    def _handle(self, signo, frame) -> None:
+        if self.signal:
+            self.restore()
+            signal.raise_signal(signo)
+            return
+        self.signal = signo
+        self.event.set()
+
+    def restore(self) -> None:
+        for signo, handler in self._old.items():
+            signal.signal(signo, handler)
+        self._old = {}
 
 
 def list_traces(args) -> int:

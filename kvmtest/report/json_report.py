@@ -71,6 +71,7 @@ def _document(summary) -> dict:
             "elapsed": _seconds(summary.elapsed),
         },
         "exit_code": summary.exit_code,
+        "interrupted": summary.interrupted or None,
         "results": [_result(r, summary.bases) for r in summary.results],
     }
 

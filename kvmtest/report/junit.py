@@ -74,6 +74,8 @@ def _document(summary) -> ET.Element:
         _property(properties, "judged", summary.judged)
     if summary.not_judged:
         _property(properties, "not_judged", summary.not_judged)
+    if summary.interrupted:
+        _property(properties, "interrupted", summary.interrupted)
     for key, value in host.items():
         _property(properties, f"host.{key}", value)
     repeated = {(g.name, g.path) for g in group_results(summary.results) if g.repeated}

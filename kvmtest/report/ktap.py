@@ -232,6 +232,8 @@ def _trailer(summary) -> list:
         for text in preamble_lines(summary.judged, summary.not_judged)
         for line in diagnostic(text)
     ]
+    if summary.interrupted:
+        judged += diagnostic(f"kvmtest: {summary.interrupted}")
     return (
         judged
         + diagnostic(

@@ -208,6 +208,8 @@ def _footer(summary) -> list:
     judged = [f"judged: {one_line(summary.judged)}"] if summary.judged else []
     if summary.not_judged:
         judged.append(f"not judged: {one_line(summary.not_judged)}")
+    if summary.interrupted:
+        judged.append(one_line(summary.interrupted))
     return [
         f"{passed} passed, {failed} failed, {errors} errors, {skipped} skipped",
         where,

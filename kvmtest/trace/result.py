@@ -158,6 +158,8 @@ class RunSummary:
     backend: str
     elapsed: float
     bad_input: bool = False  # a trace file could not be loaded: exit 2, as for bad usage
+    interrupted: str = ""  # "interrupted by SIGINT after 12 of 77 traces"; "" when it ran out
+    interrupt_signal: int = 0  # that signal's number: the exit code is 128 + it
     # What the run judged, in words ("this kernel's KVM against the model, profile P"), and
     # what it did not; empty when the caller did not say (reporters then leave the lines out).
     judged: str = ""
@@ -174,7 +176,9 @@ class RunSummary:
     @property
     def exit_code(self) -> int:
         """kselftest codes: 0 all passed, 1 any failure or error, 4 everything skipped; 2 when
-        an input file was malformed or unreadable."""
+        an input file was malformed or unreadable; 128 + N after signal N stopped the run."""
+        if self.interrupt_signal:
+            return 128 + self.interrupt_signal
         if self.bad_input:
             return 2
         if any(r.status in (Status.FAIL, Status.ERROR) for r in self.results):
