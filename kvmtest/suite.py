@@ -183,7 +183,10 @@ def run_all(
                 index, rep, trace = pending.get_nowait()
             except queue.Empty:
                 return
-            result = _run_with_deadline(trace, profile, context, rep, timeout, timeline, stop)
+            try:
+                result = _run_with_deadline(trace, profile, context, rep, timeout, timeline, stop)
+            except Exception as exc:  # out of threads or memory: this trace's ERROR, run goes on
+                result = _harness_error(trace, profile, context, rep, exc)
             if result is None:
                 return  # stopped in flight: not a result
             with lock:
@@ -201,14 +204,39 @@ def run_all(
         threading.Thread(target=worker, daemon=True, name=f"trace-runner-{n}")
         for n in range(max(1, min(jobs, len(work))))
     ]
+    started = []
     for thread in threads:
-        thread.start()
-    for thread in threads:
+        try:
+            thread.start()
+        except RuntimeError:  # out of threads: those that started do all the work
+            break
+        started.append(thread)
+    if not started:
+        worker()  # not even one: the caller's thread does it
+    for thread in started:
         while thread.is_alive():
             thread.join(0.1)  # in slices: the main thread stays free to take a signal
     if failures:
         raise failures[0]
+    if stop is None or not stop.is_set():
+        for i, r, trace in work:  # a runner thread that died still leaves a result behind
+            if (i, r) not in results:
+                results[(i, r)] = _harness_error(
+                    trace, profile, context, r, RuntimeError("its runner thread ended early")
+                )
     return [results[(i, r)] for i, r, _ in work if (i, r) in results]
+
+
+def _harness_error(trace, profile, context, rep, exc) -> TraceResult:
+    label = getattr(profile, "label", profile)
+    return TraceResult.of(
+        trace,
+        label,
+        context.backend,
+        rep,
+        status=Status.ERROR,
+        message=f"{trace.path}: harness: {type(exc).__name__}: {exc}",
+    )
 
 
 def run_one(trace, profile, context, repeat=0, timeout=60.0) -> TraceResult:
@@ -234,7 +262,7 @@ def _run_with_deadline(
         name=f"trace-{trace.name}",
     )
     start = time.perf_counter()
-    thread.start()
+    thread.start()  # may raise RuntimeError (no more threads): run_all makes it an ERROR
     deadline = start + timeout
     while thread.is_alive() and time.perf_counter() < deadline:
         if stop is not None and stop.is_set():
@@ -253,7 +281,7 @@ def _run_with_deadline(
     )
     return TraceResult.of(
         trace,
-        profile,
+        getattr(profile, "label", profile),
         context.backend,
         rep,
         status=Status.ERROR,
