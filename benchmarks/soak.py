@@ -45,7 +45,11 @@ def main() -> int:
         batch = run_all(traces, "mainline", context, jobs=args.jobs)
         kept += batch
         done += len(batch)
-        bad += sum(r.status.name in ("FAIL", "ERROR") for r in batch)
+        for result in batch:
+            if result.status.name in ("FAIL", "ERROR"):
+                bad += 1
+                shown = "; ".join(m.describe() for m in result.mismatches[:3])
+                print(f"  {result.status.name} {result.name}: {result.message} {shown}")
         if done // 1000 != (done - len(batch)) // 1000 or done >= args.traces:
             rate = done / (time.perf_counter() - began)
             print(
