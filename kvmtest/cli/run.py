@@ -45,6 +45,14 @@ def run(args) -> int:
     _check_writable(args.junit_xml, "--junit-xml")
     _check_writable(args.json_file, "--json-file")
     started = runner.utc_now()
+    stop = _StopOnSignals()  # from here on a signal ends in a report, even of 0 traces
+    try:
+        return _run(args, stop, started)
+    finally:
+        stop.restore()
+
+
+def _run(args, stop, started) -> int:
     backend = runner.choose_backend(args.backend, args.require_kvm)
     backend.context.jitter = args.jitter / 1e6
     backend.context.seed = args.seed
@@ -69,7 +77,6 @@ def run(args) -> int:
         )
         stream.start()
     start = time.perf_counter()
-    stop = _StopOnSignals()
     try:
         if backend.unusable:
             results = runner.unjudged_results(chosen, label, backend)

@@ -18,6 +18,13 @@ from tests.conftest import require_kvm
 PLANNED = len(load_traces([])[0]) * 50  # the corpus, --repeat 50
 
 
+def wait_for_banner(process) -> None:
+    """The run has started once kvmtest names its backend on stderr (before: Python itself
+    is still starting, and a signal then is an ordinary interrupted start, not a run's)."""
+    line = process.stderr.readline()
+    assert line.startswith("kvmtest: "), line
+
+
 def start_run(tmp_path, *args):
     junit, report = tmp_path / "junit.xml", tmp_path / "run.json"
     command = [sys.executable, "-m", "kvmtest", "run", "--repeat", "50", "--jobs", "2"]
@@ -32,7 +39,8 @@ def start_run(tmp_path, *args):
 def test_a_signal_mid_run_gives_a_partial_report(tmp_path, signo):
     require_kvm()
     process, junit, report = start_run(tmp_path, "--format", "ktap")
-    time.sleep(2.0)
+    wait_for_banner(process)
+    time.sleep(1.5)
     process.send_signal(signo)
     start = time.monotonic()
     out, err = process.communicate(timeout=60)
@@ -64,7 +72,8 @@ def test_sigint_at_random_moments_always_reports(tmp_path):
         out_dir = tmp_path / str(attempt)
         out_dir.mkdir()
         process, junit, report = start_run(out_dir)
-        time.sleep(rng.uniform(0.3, 2.5))
+        wait_for_banner(process)
+        time.sleep(rng.uniform(0.0, 2.0))
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=60)
         assert process.returncode == 130, (attempt, err[-2000:])
