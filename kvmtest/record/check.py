@@ -238,11 +238,14 @@ def _guest_actions(system: System, target: int):
 
     def run(sy, halt: bool):
         mm = sy.machine
-        if mm.vcpus[target].mp_state != RUN:
-            return False
-        status = mm.enter_run(target)
-        if status is not reference.RunResult.RUNS:
-            mm.kick_out(target)
+        for _ in range(3):  # from U: block, process, -EAGAIN, enter again (rule 29)
+            status = mm.enter_run(target)
+            if status is reference.RunResult.RUNS:
+                break
+            if status is reference.RunResult.BLOCKED:
+                mm.kick_out(target)
+                return False
+        else:
             return False
         mm.guest_runs(target)
         if halt:

@@ -7,6 +7,7 @@ import json
 
 from kvmtest import suite
 from kvmtest.report import render_junit, render_ktap
+from kvmtest.rules import link
 from kvmtest.trace import Mismatch, Status, TraceResult
 
 
@@ -34,7 +35,7 @@ def _text(r) -> str:
         lines.append(f"  HAZARD {x.name}: {x.title}")
         lines.append(f"    {x.location}: step {x.step + 1}{when}{who}")
         lines.append(f"    {x.message}")
-        links = ", ".join(f"{n} (docs/semantics.md#rule-{n})" for n in x.rules)
+        links = ", ".join(f"{n} ({link(n)})" for n in x.rules)
         lines.append(f"    rules: {links}")
     for step, location, vcpu, actions in r.explained:
         lines.append(f"  explained {location}: step {step + 1}: vCPU {vcpu}: {actions}")

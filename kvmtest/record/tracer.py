@@ -170,6 +170,9 @@ class Recorder:
                 if exc.errno != 3:  # ESRCH: the thread died meanwhile (SIGKILL, exit_group)
                     raise
         self.rec.duration = time.monotonic() - self.t0
+        for (vm, vcpu), tid in self.ran.items():  # runs after the last recorded step
+            self.rec.events.append(Event(self.rec.duration, tid, "KVM_RUN", vm, vcpu))
+        self.ran.clear()
         for fd in self.mem.values():
             os.close(fd)
         return self.rec
