@@ -104,9 +104,14 @@ class Setup:
 
 @dataclass(frozen=True)
 class Step:
-    """Base of every operation. ``line``: where it was written (None when built in code)."""
+    """Base of every operation. ``line``: where it was written (None when built in code).
+    ``at`` and ``tid``: when and by which OS thread a recorded VMM did it (seconds since the
+    recording started, the thread's id; `kvmtest record`), None otherwise. Like ``line`` they
+    are annotations, not part of an operation's identity."""
 
     line: int | None = field(default=None, kw_only=True, compare=False)
+    at: float | None = field(default=None, kw_only=True, compare=False)
+    tid: int | None = field(default=None, kw_only=True, compare=False)
 
     kind = "step"
 
@@ -225,6 +230,20 @@ class Smi(Step):
 class Nmi(Step):
     vcpu: int
     kind = "nmi"
+
+
+@dataclass(frozen=True)
+class GuestRan(Step):
+    """A recorded VMM's thread for `vcpu` was in KVM_RUN (traces with guest: none only).
+
+    KVM processed whatever was pending there, as at any processing point (an INIT resets, a
+    SIPI lands), and if the vCPU was then runnable its guest code ran: its registers are GUEST
+    from here on. What that guest code did (an IPI it sent, a HLT) is not part of the trace;
+    `kvmtest check` says which observations it can explain. The kvm side performs the
+    processing point (KVM_GET_MP_STATE) and compares nothing."""
+
+    vcpu: int
+    kind = "guest_ran"
 
 
 @dataclass(frozen=True)

@@ -131,8 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from kvmtest.cli import show as show_command
     from kvmtest.matrix import cli as matrix_command
+    from kvmtest.record import cli as record_command
 
     show_command.add_parser(commands)
+    record_command.add_parser(commands)
 
     matrix_command.add_parser(commands)
 
@@ -227,6 +229,10 @@ def main(argv=None) -> int:
             from kvmtest.matrix import cli as matrix
 
             return matrix.main(args)
+        if args.command in ("record", "check", "replay"):
+            from kvmtest.record import cli as record
+
+            return record.main(args)
         if args.command == "model":
             try:
                 return _model(args)

@@ -190,6 +190,12 @@ class KvmSide:
                     events.smi.smm = step.smm
             return {(step.vcpu, "result"): vcpu.set_vcpu_events_raw(events)}
 
+    def guest_ran(self, op: f.GuestRan) -> dict:
+        """A recorded KVM_RUN, replayed without the recorded guest: its processing point."""
+        with self._paused(op.vcpu):
+            self.vcpus[op.vcpu].get_mp_state()
+        return {}
+
     def set_lapic(self, op: f.SetLapic) -> dict:
         """KVM_GET_LAPIC, the named registers replaced in the page (construct layout),
         KVM_SET_LAPIC; with none named, the vCPU's own state goes back unchanged."""
@@ -437,4 +443,5 @@ _PERFORM = {
     "icr": KvmSide.guest,
     "guest": KvmSide.guest,
     "smp_boot": KvmSide.smp_boot,
+    "guest_ran": KvmSide.guest_ran,
 }

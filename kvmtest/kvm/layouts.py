@@ -53,6 +53,17 @@ kvm_sregs = Struct(
     "interrupt_bitmap" / Array((KVM_NR_INTERRUPTS + 63) // 64, u64),
 )
 
+# KVM_GET_SREGS2 / KVM_SET_SREGS2 (what QEMU uses since 6.2): no interrupt bitmap, but flags
+# and the PAE PDPTRs.
+kvm_sregs2 = Struct(
+    *(name / kvm_segment for name in SEGMENTS),
+    "gdt" / kvm_dtable,
+    "idt" / kvm_dtable,
+    *(name / u64 for name in ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base")),
+    "flags" / u64,
+    "pdptrs" / Array(4, u64),
+)
+
 kvm_mp_state = Struct("mp_state" / u32)
 
 kvm_vcpu_events = Struct(
@@ -167,6 +178,7 @@ STRUCTS = {
     "kvm_segment": kvm_segment,
     "kvm_dtable": kvm_dtable,
     "kvm_sregs": kvm_sregs,
+    "kvm_sregs2": kvm_sregs2,
     "kvm_mp_state": kvm_mp_state,
     "kvm_vcpu_events": kvm_vcpu_events,
     "kvm_msi": kvm_msi,

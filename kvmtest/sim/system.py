@@ -582,6 +582,25 @@ class System:
         result = self._paused(op.vcpu, m.set_vcpu_events, flags=flags, **kwargs)
         return {(op.vcpu, "result"): result}
 
+    def _guest_ran(self, op) -> dict:
+        """A recorded KVM_RUN: the thread enters (KVM processes what is pending; from U it
+        returns -EAGAIN and the VMM calls again), runs guest code if the vCPU is runnable
+        (registers GUEST), and is out again before the next step."""
+        m, v = self.machine, op.vcpu
+
+        def ran(vcpu: int) -> None:
+            for _ in range(3):
+                status = m.enter_run(vcpu)
+                if status is RunResult.RUNS:
+                    m.guest_runs(vcpu)
+                if status in (RunResult.RUNS, RunResult.BLOCKED):
+                    m.kick_out(vcpu)
+                if m.vcpus[vcpu].last_exit is not RunResult.EAGAIN:
+                    return
+
+        self._paused(v, ran)
+        return {}
+
     def _smp_boot(self, op) -> dict:
         """What guests/src/smp.s does, with every AP reacting as soon as it can: the BSP sends
         INIT-SIPI-SIPI per APIC ID (or INIT and SIPI to all-but-self); each AP lands, counts
@@ -658,6 +677,7 @@ HOST_OPS = {
     "smi": _vcpu_ioctl("smi"),
     "nmi": _vcpu_ioctl("nmi"),
     "smp_boot": System._smp_boot,
+    "guest_ran": System._guest_ran,
 }
 
 

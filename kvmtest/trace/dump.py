@@ -46,7 +46,12 @@ def _step(step, indent: str) -> list[str]:
             for inner in branch.steps:
                 out += _step(inner, indent + "        ")
         return out
-    return [f"{indent}- {step_mapping(step)}"]
+    out = [f"{indent}- {step_mapping(step)}"]
+    if step.at is not None:
+        out.append(f"{indent}  at: {step.at:.6f}")
+    if step.tid is not None:
+        out.append(f"{indent}  tid: {step.tid}")
+    return out
 
 
 def step_mapping(step) -> str:
@@ -60,6 +65,8 @@ def step_mapping(step) -> str:
     if kind in ("set_regs", "set_sregs", "set_msrs") or (kind == "set_lapic" and step.registers):
         values = step.registers if kind == "set_lapic" else step.values
         return f"{kind}: {_map({'vcpu': step.vcpu, **dict(values)})}"
+    if kind == "guest_ran":
+        return f"guest_ran: {_map({'vcpu': step.vcpu})}"
     if kind in ("get_mp_state", "set_lapic", "smi", "nmi"):
         return f"{kind}: {step.vcpu}"
     if kind == "set_mp_state":

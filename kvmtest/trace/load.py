@@ -12,6 +12,7 @@ EXCERPT characters of any value. Whatever the input, the loader raises TraceErro
 else (tests/trace/test_hostile_inputs.py feeds it thousands of hostile files).
 """
 
+import dataclasses
 import errno
 import os
 import re
@@ -747,16 +748,40 @@ def _step(ctx, value, line, setup: f.Setup, nested: bool, thread: str | None = N
     if not isinstance(value, dict):
         raise ctx.error(line, f"a step must be a mapping like 'msi: ...', not {_kind(value)}")
     line = getattr(value, "line", line)
-    keys = list(value)
+    keys = [k for k in value if k not in ANNOTATIONS]
     if len(keys) != 1:
         shown = _excerpt(keys)
         raise ctx.error(line, f"a step has exactly one kind, found {len(keys)}: {shown}")
     kind, body = keys[0], value[keys[0]]
+    notes = _annotations(ctx, value, line)
     if isinstance(body, dict):
         line = getattr(body, "line", line)
+    op = _step_of_kind(ctx, kind, body, line, setup, nested, thread)
+    return dataclasses.replace(op, **notes) if notes else op
+
+
+# Optional keys beside a step's kind: when and by which thread a recorded VMM did it.
+ANNOTATIONS = ("at", "tid")
+
+
+def _annotations(ctx, value, line) -> dict:
+    notes = {}
+    if "at" in value:
+        at = value["at"]
+        if isinstance(at, bool) or not isinstance(at, (int, float)) or not 0 <= at <= 1e9:
+            raise ctx.error(line, f"at must be seconds from 0 to 1e9, not {_excerpt(at)}")
+        notes["at"] = float(at)
+    if "tid" in value:
+        notes["tid"] = ctx.integer(value["tid"], "tid", line, 0, (1 << 32) - 1)
+    return notes
+
+
+def _step_of_kind(ctx, kind, body, line, setup: f.Setup, nested: bool, thread):
     known = (
         "msi, icr, observe, get_mp_state, set_mp_state, set_vcpu_events, set_lapic, set_regs, "
-        "set_sregs, set_msrs, smi, nmi, " + ", ".join(GUEST_COMMANDS) + ", smp_boot, concurrently"
+        "set_sregs, set_msrs, smi, nmi, guest_ran, "
+        + ", ".join(GUEST_COMMANDS)
+        + ", smp_boot, concurrently"
     )
     if not isinstance(kind, str):
         raise ctx.error(line, f"unknown step {_excerpt(kind)} (known: {known})")
@@ -783,6 +808,12 @@ def _step(ctx, value, line, setup: f.Setup, nested: bool, thread: str | None = N
         kind == "set_lapic" and isinstance(body, dict)
     ):
         return _register_step(ctx, kind, body, line)
+    if kind == "guest_ran":
+        if setup.guest != "none":
+            raise ctx.error(line, "step 'guest_ran' needs setup.guest: none (a recording)")
+        if isinstance(body, dict):
+            body = ctx.mapping(body, kind, line, {"vcpu"}, {"vcpu"})["vcpu"]
+        return f.GuestRan(ctx.vcpu(body, kind, line), line=line)
     if kind in ("get_mp_state", "set_lapic", "smi", "nmi"):
         vcpu = ctx.vcpu(body, kind, line)
         cls = {"get_mp_state": f.GetMpState, "set_lapic": f.SetLapic, "smi": f.Smi, "nmi": f.Nmi}

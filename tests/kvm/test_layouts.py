@@ -75,7 +75,11 @@ def test_cffi_agrees_where_it_declares_the_structure():
     require()
     for struct_name, struct in layouts.STRUCTS.items():
         ctype = f"struct {struct_name}"
-        assert ffi.sizeof(ctype) == struct.sizeof(), struct_name
+        try:
+            size = ffi.sizeof(ctype)
+        except ffi.error:
+            continue  # not declared to cffi (kvm_sregs2: only the recorder decodes it)
+        assert size == struct.sizeof(), struct_name
         for name, offset, _ in fields(struct):
             try:
                 assert ffi.offsetof(ctype, *name.split(".")) == offset, (struct_name, name)

@@ -1,0 +1,163 @@
+"""kvmtest record / check / replay: the recorder's filter, the conversion, the checker on
+recordings of QEMU (fixtures: no KVM needed), edited recordings it must flag, and live
+recordings where QEMU and KVM are there."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvmtest import ops as f
+from kvmtest.record import bpf
+from kvmtest.record.check import check_trace
+from kvmtest.record.ioctls import BY_NAME, KVM_RUN
+from kvmtest.record.report import render_check
+from kvmtest.trace import dump_trace, load_trace, parse_trace
+
+FIXTURES = Path(__file__).parent / "fixtures"
+RECORDINGS = sorted(FIXTURES.glob("*.yaml"))
+X86_64 = bpf.AUDIT_ARCH_X86_64
+
+
+def test_ioctl_numbers_are_the_kernels():
+    assert BY_NAME["KVM_GET_MP_STATE"].request == 0x8004AE98
+    assert BY_NAME["KVM_SET_VCPU_EVENTS"].request == 0x4040AEA0
+    assert BY_NAME["KVM_SET_SREGS2"].request == 0x4140AECD
+    assert KVM_RUN == 0xAE80
+
+
+@pytest.mark.parametrize("all_ioctls", [False, True])
+def test_the_filter_traces_kvm_ioctls_only(all_ioctls):
+    prog = bpf.program(all_ioctls)
+    trace, allow = bpf.SECCOMP_RET_TRACE, bpf.SECCOMP_RET_ALLOW
+    assert bpf.run(prog, 16, X86_64, BY_NAME["KVM_GET_MP_STATE"].request) == trace
+    assert bpf.run(prog, 16, X86_64, 0xAE01) == trace  # KVM_CREATE_VM
+    assert bpf.run(prog, 16, X86_64, 0x5401) == allow  # TCGETS
+    assert bpf.run(prog, 0, X86_64, BY_NAME["KVM_GET_MP_STATE"].request) == allow  # read()
+    assert bpf.run(prog, 16, 0x40000003, 0xAE98) == allow  # i386
+    assert bpf.run(prog, 16, X86_64, KVM_RUN) == (trace if all_ioctls else allow)
+
+
+@pytest.mark.parametrize("path", RECORDINGS, ids=lambda p: p.stem)
+def test_recordings_load_back_equal_and_check_clean(path):
+    trace = load_trace(str(path))
+    assert parse_trace(dump_trace(trace)) == trace
+    assert all(s.at is not None and s.tid is not None for s in trace.steps)
+    result = check_trace(trace)
+    assert result.clean, render_check([result])
+    assert result.observations > 0 and result.compared > 0
+
+
+def test_the_qmp_recording_needs_the_guest_to_explain_the_aps():
+    result = check_trace(load_trace(str(FIXTURES / "qemu-smp-bios-qmp-smp4.yaml")))
+    assert any("INIT from vCPU 0's guest, SIPI" in a for *_, a in result.explained)
+
+
+def _edited(path, index, step):
+    trace = load_trace(str(path))
+    steps = list(trace.steps)
+    steps.insert(index, step)
+    return parse_trace(dump_trace(trace.__class__(**{**trace.__dict__, "steps": tuple(steps)})))
+
+
+def test_a_late_set_mp_state_is_flagged():
+    path = FIXTURES / "qemu-smp-bios-qmp-smp4.yaml"
+    trace = load_trace(str(path))
+    after = next(
+        i
+        for i, s in enumerate(trace.steps)
+        if s.kind == "observe" and s.expect.get(1, {}).get("mp_state") == f.MP_STATES["HALTED"]
+    )
+    edited = _edited(path, after + 1, f.SetMpState(1, f.MP_STATES["UNINITIALIZED"]))
+    result = check_trace(edited)
+    names = [x.name for x in result.findings]
+    assert "late-set-mp-state" in names
+    finding = next(x for x in result.findings if x.name == "late-set-mp-state")
+    assert finding.step == after + 1 and finding.vcpu == 1
+    assert "had already left wait-for-SIPI" in finding.message
+    assert "docs/semantics.md#rule-26" in render_check([result])
+
+
+DROPPED_SIPI = """\
+name: recording-host-bringup
+pinned_profiles: []
+setup: {vcpus: 2, sync_apic_map: true}
+steps:
+  - msi: {dest: 1, delivery: init}
+  - msi: {dest: 1, delivery: sipi, vector: 0x10}
+  - observe: {vcpu: 1, read: [mp_state], expect: {mp_state: RUNNABLE}}
+"""
+
+
+def test_a_dropped_sipi_is_flagged():
+    assert check_trace(parse_trace(DROPPED_SIPI)).clean
+    dropped = DROPPED_SIPI.replace("  - msi: {dest: 1, delivery: sipi, vector: 0x10}\n", "")
+    result = check_trace(parse_trace(dropped, "dropped.yaml"))
+    (finding,) = result.findings
+    assert finding.name == "unexplained-observation"
+    assert finding.location == "dropped.yaml:6"
+    assert finding.message.startswith(
+        "KVM_GET_MP_STATE of vCPU 1 showed mp_state = RUNNABLE; after what the VMM did before "
+        "it the model allows only INIT_RECEIVED"
+    )
+
+
+@pytest.mark.parametrize(
+    "steps, name",
+    [
+        (["set_mp_state: {vcpu: 1, state: SIPI_RECEIVED}"], "set-mp-state-sipi-received"),
+        (
+            ["msi: {dest: 1, delivery: init}", "set_vcpu_events: {vcpu: 1, latched_init: 0}"],
+            "cancels-latched-init",
+        ),
+        (
+            ["set_mp_state: {vcpu: 0, state: HALTED}", "set_sregs: {vcpu: 0, cs.selector: 0xf000}"],
+            "set-sregs-unhalts-bsp",
+        ),
+    ],
+)
+def test_hazards_are_named(steps, name):
+    text = "name: h\nsetup: {vcpus: 2}\nsteps:\n" + "".join(f"  - {s}\n" for s in steps)
+    result = check_trace(parse_trace(text))
+    assert name in [x.name for x in result.findings], render_check([result])
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "ktap", "junit"])
+def test_every_report_format(fmt):
+    result = check_trace(
+        parse_trace(DROPPED_SIPI.replace("  - msi: {dest: 1, delivery: sipi, vector: 0x10}\n", ""))
+    )
+    out = render_check([result], fmt)
+    assert "unexplained-observation" in out
+
+
+# ------------------------------------------------------------------ live: QEMU on this host
+
+needs_qemu = pytest.mark.skipif(
+    shutil.which("qemu-system-x86_64") is None and os.environ.get("KVMTEST_REQUIRE_KVM") != "1",
+    reason="qemu-system-x86_64 is not installed (Debian: apt-get install qemu-system-x86)",
+)
+
+
+def _kvmtest(*args, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-m", "kvmtest", *args], capture_output=True, text=True, **kwargs
+    )
+
+
+@pytest.mark.kvm
+@needs_qemu
+def test_record_check_replay_qemu_with_the_smp_image(tmp_path, kvm):
+    from kvmtest.record.bios import EXIT_STATUS, qemu_command, smp_bios
+
+    bios = tmp_path / "smp-bios.bin"
+    bios.write_bytes(smp_bios(4))
+    out = tmp_path / "rec.yaml"
+    done = _kvmtest("record", "-o", str(out), "--", *qemu_command(str(bios)), timeout=120)
+    assert done.returncode == EXIT_STATUS, done.stderr
+    assert _kvmtest("check", str(out)).returncode == 0
+    replay = _kvmtest("replay", str(out), timeout=120)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
