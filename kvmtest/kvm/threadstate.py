@@ -9,6 +9,8 @@ busy host), so "blocked" means asleep *in kvm_vcpu_block*, read from /proc/.../w
 kernel does not say (wchan "0" without kallsyms), any sleep counts.
 """
 
+import functools
+import threading
 import time
 
 
@@ -35,12 +37,35 @@ def thread_wchan(tid: int) -> str:
     return "" if name == "0" else name
 
 
+@functools.cache
+def wchan_names_available() -> bool:
+    """Whether this kernel names the function a thread sleeps in: a helper thread asleep on a
+    lock is asked. Where it does, an empty answer means the thread woke between the two reads
+    (the wait channel of a running thread is "0"), never "asleep somewhere"."""
+    event = threading.Event()
+    sleeper = threading.Thread(target=event.wait, args=(5.0,), daemon=True)
+    sleeper.start()
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            tid = sleeper.native_id
+            if tid is not None and thread_state(tid) == "S" and thread_wchan(tid):
+                return True
+            time.sleep(0.001)
+        return False
+    finally:
+        event.set()
+        sleeper.join()
+
+
 def blocked_in_kvm(tid: int) -> bool:
-    """Thread `tid` sleeps in kvm_vcpu_block (or somewhere, where the kernel hides the name)."""
+    """Thread `tid` sleeps in kvm_vcpu_block (or, where the kernel hides the names, sleeps)."""
     if thread_state(tid) != "S":
         return False
     where = thread_wchan(tid)
-    return not where or where in BLOCK_FUNCTIONS
+    if where:
+        return where in BLOCK_FUNCTIONS
+    return not wchan_names_available()
 
 
 def wait_asleep(tid_of, in_kvm_run, timeout: float, interval: float = 0.0002) -> bool:
