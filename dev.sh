@@ -39,14 +39,17 @@ setup_system() {
     fi
 }
 
-# Tools only the test suite needs: sshd (the pytest plugin's xdist-over-ssh test) and the
-# kernel's own KTAP parser, tools/testing/kunit/kunit_parser.py, unpacked from Debian's
+# Tools only the test suite needs: sshd (the pytest plugin's xdist-over-ssh test), QEMU and
+# strace (recording a real VMM, and the recorder's overhead against strace), and the kernel's
+# own KTAP parser, tools/testing/kunit/kunit_parser.py, unpacked from Debian's
 # linux-source tarball into the virtual environment (share/kvmtest-kunit). Without root the
 # tests that need them skip (KVMTEST_REQUIRE_KVM=1, as in CI, makes that a failure).
 setup_test_tools() {
     kunit="$VENV/share/kvmtest-kunit"
     need=""
     [ -x /usr/sbin/sshd ] || need="$need openssh-server"
+    command -v qemu-system-x86_64 >/dev/null 2>&1 || need="$need qemu-system-x86"
+    command -v strace >/dev/null 2>&1 || need="$need strace"
     [ -f "$kunit/tools/testing/kunit/kunit_parser.py" ] || need="$need kunit"
     [ -z "$need" ] && return 0
     if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
@@ -55,6 +58,8 @@ setup_test_tools() {
     fi
     packages=""
     case $need in *openssh-server*) packages="openssh-server" ;; esac
+    case $need in *qemu-system-x86*) packages="$packages qemu-system-x86" ;; esac
+    case $need in *strace*) packages="$packages strace" ;; esac
     tarball=$(ls /usr/src/linux-source-*.tar.* 2>/dev/null | sort -V | tail -n 1)
     case $need in *kunit*)
         if [ -z "$tarball" ]; then
