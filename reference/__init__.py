@@ -3,10 +3,18 @@
 Standard library only. ``Machine`` is one VM; ``PROFILES`` names the kernels it can imitate,
 each a record of the ``SWITCHES``; ``profile_for_release`` picks one for a kernel release and
 ``apply_switches`` derives a "what if" variant (``--set``); ``FLAVOURS`` are the register-image
-flavours (vmx, svm, pvm). See ``machine.py`` for the theory of operation and docs/model.md for
+flavours (vmx, svm, pvm). ``ARCHITECTURES`` are the manuals' profiles (``sdm``, ``apm``,
+architecture.py), whose ``UNSPECIFIED`` values are never compared. See ``machine.py`` for the theory of operation and docs/model.md for
 the transition tables.
 """
 
+from .architecture import (
+    ARCHITECTURES,
+    UNSPECIFIED,
+    WAIT_FOR_SIPI,
+    ArchProfile,
+    is_architectural,
+)
 from .encodings import Irq, decode_icr, decode_msi, encode_icr, encode_msi
 from .errors import ModelError
 from .machine import (
@@ -35,6 +43,11 @@ from .regs import GUEST, DTable, Segment
 
 __all__ = [
     "ANY",
+    "ARCHITECTURES",
+    "ArchProfile",
+    "UNSPECIFIED",
+    "WAIT_FOR_SIPI",
+    "is_architectural",
     "BACKEND_FLAVOURS",
     "DTable",
     "FLAVOURS",

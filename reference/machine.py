@@ -87,6 +87,7 @@ from typing import NamedTuple
 
 from . import encodings as enc
 from . import regs as R
+from .architecture import arch_value
 from .errors import ModelError
 from .profiles import (
     VALID_NMI_PENDING,
@@ -423,7 +424,8 @@ class Machine:
             raise ModelError(f"irqchip must be kernel, split or none, not {irqchip!r}")
         if nr_vcpus < 1:
             raise ModelError("a VM needs at least one vCPU")
-        self.flavour = flavour
+        # architecture.py: under a manual's profile the segment types are the manual's (VMX's).
+        self.flavour = "vmx" if arch_value(self.profile, "manual_segment_types") else flavour
         self.irqchip = irqchip
         self.lapic = irqchip != "none"  # split keeps the LAPIC in the kernel
         self.bsp_id = bsp
@@ -457,6 +459,8 @@ class Machine:
         v.phase = Phase.OUT
         v.last_exit = None
         v.regs = R.reset_image(self.profile.image, self.flavour, bsp=is_bsp)
+        if arch_value(self.profile, "reset_rdx_signature") and self.cpuid_1_eax is not None:
+            v.regs["rdx"] = self.cpuid_1_eax  # architecture.py: EDX = the signature at RESET
         if self.lapic:
             self._recalc_map()  # rule 33: kvm_lapic_reset recalculates before the vCPU is online
         self.vcpus.append(v)
@@ -570,6 +574,8 @@ class Machine:
         if v.pending_sipi:
             v.pending_sipi = False
             new = ACCEPT_SIPI.get(v.mp_state, ACCEPT_SIPI[ANY])
+            if v.mp_state == U and arch_value(self.profile, "sipi_starts_reset_ap"):
+                new = RUN  # architecture.py: after RESET an AP waits for a SIPI
             if new is not KEEP:  # rule 12: elsewhere dropped, sipi_vector kept
                 R.sipi_fixup(v.regs, v.sipi_vector)  # rule 13
                 self._set_runnable(v)
@@ -600,6 +606,8 @@ class Machine:
                     v.mp_state = new
                     v.req_event = True
                 return count
+            if self._arch_ignores_sipi(v):
+                return SENDER_PENDING["SIPI"][1]  # the count is KVM ABI, unspecified there
             v.sipi_vector = irq.vector  # rules 3, 4, 14
             v.pending_sipi = True
             v.req_event = True  # rule 7
@@ -623,6 +631,19 @@ class Machine:
             v.req_event = True
             return 1
         return 0  # EXTINT (and REMRD before PV unhalt): ignored by __apic_accept_irq
+
+    def _arch_ignores_sipi(self, v: VCpu) -> bool:
+        """architecture.py, under a manual's profile only: a SIPI is taken at once by a
+        processor in wait-for-SIPI (IR; U for sipi_starts_reset_ap; an AP whose INIT is still
+        pending here, as the INIT would already have been taken), which then runs; any other
+        processor ignores it, and so does one whose first SIPI is still pending here."""
+        p = self.profile
+        wfs = v.mp_state == IR or (v.mp_state == U and arch_value(p, "sipi_starts_reset_ap"))
+        if v.pending_init and self.init_allowed(v):
+            wfs = not self.is_bsp(v.index)
+        if not wfs:
+            return arch_value(p, "sipi_outside_wfs_ignored")
+        return v.pending_sipi and arch_value(p, "first_sipi_wins")
 
     def _lowest_prio(self, irq: enc.Irq) -> bool:
         return irq.delivery_mode == enc.DM_LOWEST or (

@@ -216,10 +216,11 @@ class Switch(NamedTuple):
     choices: tuple = ()  # the names an enum allows
 
 
-def _switches() -> dict[str, Switch]:
-    hints = typing.get_type_hints(Profile)
+def _switches(cls: type | None = None) -> dict[str, Switch]:
+    cls = cls or Profile
+    hints = typing.get_type_hints(cls)
     out = {}
-    for f in fields(Profile):
+    for f in fields(cls):
         if "layer" not in f.metadata:
             continue
         hint = hints[f.name]
@@ -367,10 +368,14 @@ def get_profile(profile: str | Profile) -> Profile:
     """Accept a profile name or a Profile (so a caller can pass a home-made variant)."""
     if isinstance(profile, Profile):
         return profile
-    try:
+    if profile in PROFILES:
         return PROFILES[profile]
-    except KeyError:
-        raise ModelError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}") from None
+    from .architecture import ARCHITECTURES  # the manuals' profiles (sdm, apm)
+
+    if profile in ARCHITECTURES:
+        return ARCHITECTURES[profile]
+    known = ", ".join([*PROFILES, *ARCHITECTURES])
+    raise ModelError(f"unknown profile {profile!r}; known: {known}")
 
 
 def flavour_for_backend(backend: str) -> str:
@@ -469,16 +474,17 @@ def apply_switches(profile: str | Profile, assignments: list[str]) -> Profile:
     stays the base name; ``changes`` (and so ``label``) records what was set."""
     base = get_profile(profile)
     changes = dict(base.changes)
+    switches = SWITCHES if type(base) is Profile else _switches(type(base))
     for item in assignments:
         name, sep, text = item.partition("=")
         name = name.strip()
         if not sep:
             raise ModelError(f"--set {item!r}: expected switch=value")
-        if name not in SWITCHES:
+        if name not in switches:
             raise ModelError(
-                f"--set {item!r}: unknown switch {name!r}; valid switches: {', '.join(SWITCHES)}"
+                f"--set {item!r}: unknown switch {name!r}; valid switches: {', '.join(switches)}"
             )
-        sw = SWITCHES[name]
+        sw = switches[name]
         try:
             changes[name] = _parse(sw, text)
         except ValueError as exc:

@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--json-file", metavar="FILE", help="also write the JSON report to FILE (any --format)"
     )
     run.add_argument("--verbose", "-v", action="store_true", help="more detail per trace")
+    run.add_argument(
+        "--findings",
+        action="store_true",
+        help="with --profile sdm or apm: report each deviation from the CPU manual as a "
+        "finding (manual section, KVM source, impact) instead of per-trace results; exit 1 "
+        "only for a deviation no finding explains, or an error (docs/findings.md)",
+    )
 
     explore = commands.add_parser(
         "explore",

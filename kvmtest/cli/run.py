@@ -6,6 +6,7 @@ import sys
 import threading
 import time
 
+import reference
 from kvmtest import report
 from kvmtest import suite as runner
 from kvmtest.cli.profiles import resolve_profile
@@ -57,6 +58,9 @@ def _run(args, stop, started) -> int:
     backend.context.jitter = args.jitter / 1e6
     backend.context.seed = args.seed
     profile = _profile(args, backend)
+    findings = getattr(args, "findings", False)
+    if findings and (not reference.is_architectural(profile) or args.format == "ktap"):
+        raise runner.UsageError("--findings needs --profile sdm or apm and a non-ktap --format")
     traces, load_errors = runner.load_traces(args.paths)
     for error in load_errors:
         print(f"kvmtest run: {error}", file=sys.stderr)
@@ -126,6 +130,8 @@ def _run(args, stop, started) -> int:
                 "traces"
             )
             summary.interrupt_signal = stop.signal
+        if findings:
+            return _report_findings(summary, chosen, profile, backend, args)
         if stream is not None:
             stream.finish(summary)
         elif args.format == "json":
@@ -144,6 +150,19 @@ def _run(args, stop, started) -> int:
     if not written and summary.exit_code == 0:
         return 1  # the run passed but its report is missing: a CI must not read that as a pass
     return summary.exit_code
+
+
+def _report_findings(summary, chosen, profile, backend, args) -> int:
+    """--findings: the deviations from the manual, explained (kvmtest.trace.findings)."""
+    from kvmtest.report import findings as render
+    from kvmtest.trace.findings import collect
+
+    found = collect(summary.results, chosen, profile, backend.context)
+    show = {"json": render.render_json, "markdown": render.render_markdown}
+    print(show.get(args.format, render.render_text)(found, summary.bases))
+    written = _write_reports(summary, args)
+    code = summary.exit_code if summary.bad_input or summary.interrupt_signal else found.exit_code
+    return code or (0 if written else 1)
 
 
 class _StopOnSignals:

@@ -149,9 +149,12 @@ def _context_lines(result, indent: str) -> list:
 
 def judged_line(result) -> str:
     """What was judged: compared fields, fields the model could not know, pinned values."""
+    unspecified = getattr(result, "unspecified", 0)
     return (
         f"{result.compared} compared with KVM, {result.not_compared} not compared "
-        f"(guest-owned: the guest ran code), {result.pins_checked} pinned values"
+        f"(guest-owned: the guest ran code), "
+        + (f"{unspecified} unspecified by the manual, " if unspecified else "")
+        + f"{result.pins_checked} pinned values"
     )
 
 

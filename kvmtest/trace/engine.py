@@ -27,6 +27,7 @@ from kvmtest.sim.system import System
 from reference import GUEST
 
 from .dump import step_mapping
+from .manuals import Specify
 from .result import Mismatch, Status, StepRecord, TraceResult
 
 MISSING = "absent"
@@ -87,6 +88,9 @@ class _Judge:
             want, got = expected.get(key, default), observed.get(key, default)
             if want is GUEST:
                 result.not_compared += 1  # the guest ran code: the model does not know
+                continue
+            if want is reference.UNSPECIFIED:
+                result.unspecified += 1  # an architectural profile: the manuals do not say
                 continue
             result.compared += 1
             if want != got:
@@ -155,13 +159,18 @@ def run_trace(
 
             real = KvmSide(host.kvm, trace, host.cpuid, cancel)
         check_pins = profile.name in trace.pinned_profiles
+        spec = Specify(profile, trace.setup) if reference.is_architectural(profile) else None
         for index, step in enumerate(trace.steps):
             if cancel is not None and cancel.is_set():
                 raise Cancelled("cancelled by the runner")
             if step.kind == "concurrently":
                 _concurrent(trace, index, step, system, real, profile, host, result, check_pins)
                 break  # the block's outcome includes the steps after it
+            if spec is not None:
+                spec.before(system.machine, step)
             predicted = model.perform(step)
+            if spec is not None:
+                predicted = spec.apply(system.machine, step, predicted)
             if check_pins and step.kind == "observe":
                 judge.check_pins(index, step, predicted)
             observed = None

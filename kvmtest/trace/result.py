@@ -88,6 +88,7 @@ class TraceResult:
     allowed: dict = field(default_factory=dict)  # concurrent blocks: label -> allowed?
     compared: int = 0  # (vcpu, field) comparisons of prediction and observation
     not_compared: int = 0  # predictions the model does not know (GUEST: the guest ran code)
+    unspecified: int = 0  # predictions an architectural profile leaves open (UNSPECIFIED)
     pins_checked: int = 0  # pinned values (observe.expect, block properties) checked
     timeline: list = field(default_factory=list)  # StepRecord per step, when asked for
     line: int = 0  # line of the trace's first key in its file (0: unknown)
@@ -123,6 +124,7 @@ class TraceResult:
             "message": self.message,
             "compared": self.compared,
             "not_compared_guest": self.not_compared,
+            "not_compared_unspecified": self.unspecified,
             "pins_checked": self.pins_checked,
             "mismatches": [
                 {
