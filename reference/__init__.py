@@ -4,8 +4,8 @@ Standard library only. ``Machine`` is one VM; ``PROFILES`` names the kernels it 
 each a record of the ``SWITCHES``; ``profile_for_release`` picks one for a kernel release and
 ``apply_switches`` derives a "what if" variant (``--set``); ``FLAVOURS`` are the register-image
 flavours (vmx, svm, pvm). ``ARCHITECTURES`` are the manuals' profiles (``sdm``, ``apm``,
-architecture.py), whose ``UNSPECIFIED`` values are never compared. See ``machine.py`` for the theory of operation and docs/model.md for
-the transition tables.
+architecture.py), whose ``UNSPECIFIED`` values are never compared. See ``machine.py`` for the
+theory of operation and docs/model.md for the transition tables.
 """
 
 from .architecture import (

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Literal, NamedTuple
 
 from . import encodings as enc
-from .profiles import ARCH, MAINLINE, Profile
+from .profiles import ARCH, ARCHITECTURE_PROFILES, MAINLINE, Profile
 
 
 class _Unspecified:
@@ -297,6 +297,7 @@ class ArchProfile(Profile):
     """A Profile that judges KVM by a CPU manual. The inherited switches are mainline's."""
 
     vendor: Literal["intel", "amd"] = "intel"
+    kvm_base: str = "mainline"  # the kernel profile whose KVM switches the profile carries
     # --- architectural switches (ARCH_RULES); False is KVM's behaviour
     sipi_outside_wfs_ignored: bool = _arch_switch(True, "sipi_outside_wfs_ignored")
     sipi_starts_reset_ap: bool = _arch_switch(True, "sipi_starts_reset_ap")
@@ -334,6 +335,15 @@ APM = _architecture(
     "AMD APM vol. 2 (14.1 initialization, 16 APIC): the architecture, not a kernel",
 )
 ARCHITECTURES: dict[str, ArchProfile] = {p.name: p for p in (SDM, APM)}
+ARCHITECTURE_PROFILES.update(ARCHITECTURES)
+
+
+def over_kernel(profile: ArchProfile, kernel: Profile) -> ArchProfile:
+    """The architectural profile with the KVM switches of the kernel under test, so that a
+    run inside another kernel reports the manual's deviations, not that kernel's differences
+    from mainline (its ``changes`` from --set are kept)."""
+    kvm = {f.name: getattr(kernel, f.name) for f in fields(Profile) if "layer" in f.metadata}
+    return replace(profile, **kvm, kvm_base=kernel.name)
 
 
 def is_architectural(profile) -> bool:

@@ -357,6 +357,10 @@ PROFILES: dict[str, Profile] = {
     p.name: p for p in (LINUX_3_9, LINUX_3_10, LINUX_6_1, LINUX_6_12, MAINLINE)
 }
 
+# --- architectural profiles (sdm, apm): defined and registered by architecture.py, which
+# imports this module; get_profile finds them by name, profile_for_release never picks them.
+ARCHITECTURE_PROFILES: dict[str, Profile] = {}
+
 # Register-image flavours (section c.2): the vendor module decides the reported segment types.
 FLAVOURS = ("vmx", "svm", "pvm")
 
@@ -370,11 +374,9 @@ def get_profile(profile: str | Profile) -> Profile:
         return profile
     if profile in PROFILES:
         return PROFILES[profile]
-    from .architecture import ARCHITECTURES  # the manuals' profiles (sdm, apm)
-
-    if profile in ARCHITECTURES:
-        return ARCHITECTURES[profile]
-    known = ", ".join([*PROFILES, *ARCHITECTURES])
+    if profile in ARCHITECTURE_PROFILES:
+        return ARCHITECTURE_PROFILES[profile]
+    known = ", ".join([*PROFILES, *ARCHITECTURE_PROFILES])
     raise ModelError(f"unknown profile {profile!r}; known: {known}")
 
 

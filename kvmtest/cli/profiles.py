@@ -7,6 +7,7 @@ result by its label, e.g. `mainline[hlt_checks_pending_events=false]`.
 """
 
 import reference
+from reference.architecture import over_kernel
 
 from .errors import UsageError
 
@@ -36,6 +37,13 @@ def resolve_profile(args, release: str | None = None) -> reference.Profile:
     try:
         if args.profile:
             profile = reference.get_profile(args.profile)
+            if reference.is_architectural(profile) and release:
+                # sdm/apm judge the manual's points; the ioctls behave as this kernel's (or,
+                # for a release no profile covers, mainline's)
+                try:
+                    profile = over_kernel(profile, reference.profile_for_release(release))
+                except reference.ModelError:
+                    pass
         elif release:
             profile = reference.profile_for_release(release)
         else:

@@ -57,6 +57,7 @@ def to_json(report, bases=()) -> dict:
         "version": 1,
         "profile": report.profile,
         "vendor": report.vendor,
+        "kvm_base": report.kvm_base,
         "traces": report.traces,
         "compared": report.compared,
         "not_compared_unspecified": report.unspecified,
@@ -107,7 +108,8 @@ def _summary_line(report) -> str:
     n = sum(len(f.occurrences) for f in report.findings)
     return (
         f"{len(report.findings)} findings ({n} deviating fields) under profile {report.profile}"
-        f" over {report.traces} traces; {report.compared} fields compared, "
+        f" (KVM ioctls as {report.kvm_base}) over {report.traces} traces; "
+        f"{report.compared} fields compared, "
         f"{report.unspecified} unspecified by the manual, {report.guest} guest-owned; "
         f"{len(report.unexplained)} unexplained, {len(report.errors)} errors"
     )
@@ -193,3 +195,57 @@ def catalog_markdown() -> str:
     for name, (sdm, apm) in arch.FIELDS.items():
         out.append(f"| `{name}` | {_cell(sdm or 'unspecified')} | {_cell(apm or 'unspecified')} |")
     return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------- docs/findings.md
+
+BEGIN, END = "<!-- BEGIN generated: {} -->", "<!-- END generated: {} -->"
+
+
+def host_markdown(report, host: str, bases=()) -> str:
+    """The observed part of docs/findings.md for one host: each finding's rows."""
+    out = [f"Host: `{host}`, profile `{report.profile}`. {_summary_line(report)}.", ""]
+    for i, f in enumerate(report.findings, 1):
+        out += [f"#### {i}. `{f.switch}`: {f.rule.title}", ""]
+        out += [f"- **{name}:** {_cell(text)}" for name, text in _rule_cells(f.rule, f.cite)]
+        out += ["", *occurrences_table(f, bases), ""]
+    for o in report.unexplained:
+        out.append(f"- unexplained: `{o.trace}` step {o.step} `{o.field}`")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def matrix_markdown(document: dict, kernel: str) -> str:
+    """A findings JSON document (``--findings --format json``) from a matrix kernel."""
+    out = [
+        f"Kernel `{kernel}`, profile `{document['profile']}`: {len(document['findings'])} "
+        f"findings over {document['traces']} traces, {document['compared']} fields compared, "
+        f"{document['not_compared_unspecified']} unspecified, "
+        f"{len(document['unexplained'])} unexplained.",
+        "",
+        "| finding | traces | fields |",
+        "|---|---|---|",
+    ]
+    for f in document["findings"]:
+        traces = sorted({o["trace"] for o in f["occurrences"]})
+        out.append(
+            f"| `{f['id']}` | {', '.join(f'`{t}`' for t in traces)} | {len(f['occurrences'])} |"
+        )
+    for o in document["unexplained"]:
+        out.append(f"| unexplained | `{o['trace']}` step {o['step']} `{o['field']}` | 1 |")
+    return "\n".join(out) + "\n"
+
+
+def section(text: str, name: str) -> str:
+    """A generated section of docs/findings.md."""
+    return text.split(BEGIN.format(name), 1)[1].split(END.format(name), 1)[0].strip("\n") + "\n"
+
+
+def replace_section(text: str, name: str, body: str) -> str:
+    head, rest = text.split(BEGIN.format(name), 1)
+    _old, tail = rest.split(END.format(name), 1)
+    return head + BEGIN.format(name) + "\n" + body.rstrip("\n") + "\n" + END.format(name) + tail
+
+
+def table_rows(markdown: str) -> set[str]:
+    """The occurrence rows of a host section: what the KVM check compares."""
+    return {line for line in markdown.splitlines() if line.startswith("| `")}

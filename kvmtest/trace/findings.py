@@ -56,6 +56,7 @@ class FindingsReport:
     compared: int = 0
     unspecified: int = 0
     guest: int = 0
+    kvm_base: str = "mainline"  # whose KVM switches (ioctl behaviour) the profile carried
 
     @property
     def exit_code(self) -> int:
@@ -90,7 +91,7 @@ def collect(results, traces, profile, host: HostContext) -> FindingsReport:
     by_key = {(t.path, t.name): t for t in traces}
     on = [s for s in arch.ARCH_SWITCHES if getattr(profile, s)]
     findings = {s: Finding(s, arch.ARCH_RULES[s], profile.cite(s)) for s in on}
-    report = FindingsReport(profile.label, profile.vendor, [], [], [])
+    report = FindingsReport(profile.label, profile.vendor, [], [], [], kvm_base=profile.kvm_base)
     for result in results:
         report.traces += 1
         report.compared += result.compared

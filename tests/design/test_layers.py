@@ -20,8 +20,15 @@ LAYERS = [
     ),
     (
         "tools",
-        ["kvmtest.matrix", "kvmtest.coverage", "kvmtest.answers", "kvmtest.record"],
-        "kernel matrix, generated coverage table, generated answers page; recording a VMM",
+        [
+            "kvmtest.matrix",
+            "kvmtest.coverage",
+            "kvmtest.answers",
+            "kvmtest.record",
+            "kvmtest.findings_doc",
+        ],
+        "kernel matrix, generated coverage table, generated answers and findings pages; "
+        "recording a VMM",
     ),
     ("suite", ["kvmtest.suite"], "many traces: selection, backends, jobs, timeouts"),
     ("report", ["kvmtest.report"], "text, KTAP, JSON, JUnit of a run's results"),
