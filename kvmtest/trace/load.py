@@ -284,9 +284,11 @@ class _Context:
         if unknown:
             key = min(unknown, key=lambda k: (type(k).__name__, _excerpt(k)))
             where = getattr(value, "key_lines", {}).get(key, line)
+            expected = sorted(keys)
+            if len(expected) > 12:  # set_sregs has 70 keys: keep the message one short line
+                expected = [*expected[:12], f"... {len(keys) - 12} more, see docs/traces.md"]
             raise self.error(
-                where,
-                f"{what}: unknown key {_excerpt(key)} (expected: {', '.join(sorted(keys))})",
+                where, f"{what}: unknown key {_excerpt(key)} (expected: {', '.join(expected)})"
             )
         missing = sorted(k for k in required if k not in value)
         if missing:
