@@ -138,10 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from kvmtest.cli import show as show_command
     from kvmtest.matrix import cli as matrix_command
+    from kvmtest.mutate import cli as mutate_command
     from kvmtest.record import cli as record_command
 
     show_command.add_parser(commands)
     record_command.add_parser(commands)
+    mutate_command.add_parser(commands)
 
     matrix_command.add_parser(commands)
 
@@ -240,6 +242,10 @@ def main(argv=None) -> int:
             from kvmtest.record import cli as record
 
             return record.main(args)
+        if args.command == "mutate":
+            from kvmtest.mutate import cli as mutate
+
+            return mutate.main(args)
         if args.command == "model":
             try:
                 return _model(args)

@@ -1,0 +1,69 @@
+"""The campaign as text (the terminal) and as Markdown (docs/mutation.md)."""
+
+from __future__ import annotations
+
+from .runner import CATEGORIES, COUNTED, KILLED
+
+
+def _score(campaign) -> str:
+    score = campaign.score
+    judged = sum(campaign.count(c) for c in COUNTED)
+    killed = judged - sum(campaign.count(c) for c in COUNTED if c not in (KILLED, "killed by crash"))
+    if score is None:
+        return "score: nothing judged"
+    return f"score: {killed}/{judged} = {100 * score:.1f}%"
+
+
+def summary_lines(campaign) -> list[str]:
+    lines = [
+        f"{len(campaign.verdicts)} mutants, profile {campaign.profile}, "
+        f"{len(campaign.corpus)} corpus traces on KVM, {campaign.probes} probe traces, "
+        f"{campaign.elapsed:.0f} s",
+        _score(campaign) + " (killed, incl. by crash, over killed + survived + not exercised)",
+    ]
+    for category in CATEGORIES:
+        lines.append(f"  {category}: {campaign.count(category)}")
+    if campaign.baseline_failures:
+        lines.append(
+            "baseline: these traces do not pass unmutated and judge nothing: "
+            + ", ".join(sorted(campaign.baseline_failures))
+        )
+    return lines
+
+
+def text(campaign, show=("survived", "not exercised by the corpus", "killed by crash")) -> str:
+    out = summary_lines(campaign)
+    for category in CATEGORIES:
+        if category not in show:
+            continue
+        chosen = [v for v in campaign.verdicts if v.category == category]
+        if chosen:
+            out.append("")
+            out.append(f"{category}:")
+            for v in chosen:
+                out.append(f"  {v.mutant.id} {v.mutant.description} [{v.mutant.where}]")
+                out.append(f"      {v.reason}")
+    return "\n".join(out) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(campaign) -> str:
+    out = ["## Result", "", "```", *summary_lines(campaign), "```", ""]
+    if campaign.command:
+        out += [f"Command: `{campaign.command}`", ""]
+    for category in CATEGORIES:
+        chosen = [v for v in campaign.verdicts if v.category == category]
+        if not chosen or category == KILLED:
+            continue
+        out += [f"### {category} ({len(chosen)})", "", "| mutant | change | where | why |"]
+        out.append("|---|---|---|---|")
+        for v in chosen:
+            out.append(
+                f"| `{v.mutant.id}` | {_cell(v.mutant.description)} | {_cell(v.mutant.where)} "
+                f"| {_cell(v.reason)} |"
+            )
+        out.append("")
+    return "\n".join(out)
