@@ -30,9 +30,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-code", action="store_true", help="switch mutants only")
     parser.add_argument("--no-switches", action="store_true", help="code mutants only")
-    parser.add_argument("--probes", type=int, default=200, help="directed probe traces (200)")
+    parser.add_argument("--probes", type=int, default=100, help="directed probe traces (100)")
     parser.add_argument(
-        "--strategies", type=int, default=100, help="Hypothesis-strategy probe traces (100)"
+        "--strategies", type=int, default=50, help="Hypothesis-strategy probe traces (50)"
     )
     parser.add_argument("-j", "--jobs", type=int, default=1, help="workers at once (1)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant (120)")

@@ -127,7 +127,16 @@ def baseline(spec: dict, timeout: float) -> dict:
     return answer
 
 
-def judge(mutant, answer: dict | None, why: str, base: dict, covered: set) -> Verdict:
+def never_runs(mutant, covered: set) -> bool:
+    """A code mutant inside a function whose line never ran in the baseline (corpus, SMM
+    traces as if with SMM, probes): it cannot change any of those predictions."""
+    if mutant.kind != "code" or mutant.function == "<module>":
+        return False
+    path = mutant.where.rsplit(":", 1)[0]
+    return not any(p.endswith(path) and line == mutant.line for p, line in covered)
+
+
+def judge(mutant, answer: dict | None, why: str, base: dict) -> Verdict:
     if answer is None:
         return Verdict(mutant, CRASH, why)
     kvm = {n: r for n, r in answer["kvm"].items() if n not in base["failing"]}
@@ -153,18 +162,9 @@ def judge(mutant, answer: dict | None, why: str, base: dict, covered: set) -> Ve
         return Verdict(
             mutant,
             UNEXERCISED,
-            f"identical on every corpus trace; differs on {len(names)} probe traces ({names[0]})",
+            f"identical on every corpus trace; differs on probe trace {names[0]}",
         )
     n = base["probes"]
-    if mutant.kind == "code" and mutant.function != "<module>":
-        path = mutant.where.rsplit(":", 1)[0]
-        if not any(p.endswith(path) and line == mutant.line for p, line in covered):
-            return Verdict(
-                mutant,
-                EQUIVALENT,
-                f"line {mutant.line} never runs under {base['profile']} on this host "
-                f"(corpus and {n} probes): code of other kernels or vendors",
-            )
     return Verdict(
         mutant, EQUIVALENT, f"identical predictions on every corpus trace and {n} probe traces"
     )
@@ -176,8 +176,8 @@ def run(
     profile: str,
     context,
     corpus_paths=(),
-    probes: int = 200,
-    strategies: int = 100,
+    probes: int = 100,
+    strategies: int = 50,
     jobs: int = 1,
     timeout: float = 120.0,
     progress=None,
@@ -206,8 +206,18 @@ def run(
 
         def one(mutant) -> Verdict:
             t0 = time.perf_counter()
+            if never_runs(mutant, covered):
+                verdict = Verdict(
+                    mutant,
+                    EQUIVALENT,
+                    f"line {mutant.line} never runs under {profile} on this host (corpus, "
+                    f"SMM traces and {nr_probes} probes): code of other kernels or vendors",
+                )
+                if progress is not None:
+                    progress(verdict)
+                return verdict
             answer, why = _worker(dict(mspec, mutant=mutant.spec), timeout)
-            verdict = judge(mutant, answer, why, context_base, covered)
+            verdict = judge(mutant, answer, why, context_base)
             verdict.elapsed = time.perf_counter() - t0
             if progress is not None:
                 progress(verdict)

@@ -81,26 +81,29 @@ def run(spec) -> dict:
     smm = {t.name: predictions(t, profile, flavour, eax, True) for t in smm_only}
     with open(spec["probes"], "rb") as fh:
         probes = pickle.load(fh)
-    probe = [predictions(t, profile, flavour, eax, facts.smm) for t in probes]
     base = spec.get("baseline")
     if base is None:
+        probe = [predictions(t, profile, flavour, eax, facts.smm) for t in probes]
         chosen = runnable if spec.get("kvm") else []
         answer = {"corpus": corpus, "smm": smm, "probes": probe}
-    else:
-        differs = {}
-        for name, steps in corpus.items():
-            at = first_difference(base["corpus"][name], steps)
-            if at is not None:
-                differs[name] = at
-        smm_differs = [n for n, s in smm.items() if first_difference(base["smm"][n], s) is not None]
-        probe_differs = [
-            probes[i].name
-            for i, s in enumerate(probe)
-            if first_difference(base["probes"][i], s) is not None
-        ]
-        chosen = [t for t in runnable if t.name in differs] if spec.get("kvm") else []
-        answer = {"differs": differs, "smm_differs": smm_differs, "probe_differs": probe_differs}
-    answer["kvm"] = _replay(chosen, profile, spec) if chosen else {}
+        answer["kvm"] = _replay(chosen, profile, spec, stop_at_fail=False) if chosen else {}
+        return answer
+    differs = {}
+    for name, steps in corpus.items():
+        at = first_difference(base["corpus"][name], steps)
+        if at is not None:
+            differs[name] = at
+    smm_differs = [n for n, s in smm.items() if first_difference(base["smm"][n], s) is not None]
+    probe_differs = []
+    if not differs:  # the probes only tell "not exercised" from "equivalent": first one wins
+        for i, trace in enumerate(probes):
+            steps = predictions(trace, profile, flavour, eax, facts.smm)
+            if first_difference(base["probes"][i], steps) is not None:
+                probe_differs.append(trace.name)
+                break
+    chosen = [t for t in runnable if t.name in differs] if spec.get("kvm") else []
+    answer = {"differs": differs, "smm_differs": smm_differs, "probe_differs": probe_differs}
+    answer["kvm"] = _replay(chosen, profile, spec, stop_at_fail=True) if chosen else {}
     return answer
 
 
@@ -113,7 +116,8 @@ class _Facts:
         self.split_irqchip = host["split_irqchip"]
 
 
-def _replay(traces, profile, spec) -> dict:
+def _replay(traces, profile, spec, stop_at_fail: bool) -> dict:
+    """Replay on KVM; a mutant needs one FAIL to be killed, so it stops there."""
     from kvmtest.suite import choose_backend, run_one
 
     backend = choose_backend("kvm", True)
@@ -131,6 +135,8 @@ def _replay(traces, profile, spec) -> dict:
             else f"{first.location} vcpu{first.vcpu} {first.field}: "
             f"model {first.expected!r}, kvm {first.observed!r}"[:300],
         }
+        if stop_at_fail and result.status.value == "fail":
+            break
     return out
 
 
