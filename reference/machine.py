@@ -709,7 +709,8 @@ class Machine:
             seen = set()
             for m in logical:
                 lid = (m.ldr >> 24) & 0xFF
-                if lid & (lid - 1):
+                mask = lid & 0xF if m.dfr == enc.DFR_CLUSTER else lid  # rule 43
+                if mask & (mask - 1):
                     return None
                 slot = (lid >> 4, lid & 0xF) if m.dfr == enc.DFR_CLUSTER else lid
                 if slot in seen:
