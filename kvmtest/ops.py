@@ -220,6 +220,36 @@ class SetMsrs(Step):
     kind = "set_msrs"
 
 
+# A VMM's save: the GET ioctls per vCPU, in this order (KVM_GET_MP_STATE is a processing
+# point, so it comes first, as QEMU's kvm_arch_get_registers has it).
+SNAPSHOT_READS = ("mp_state", "regs", "sregs", "events", "lapic", "msrs")
+# The SET ioctls a restore can issue, by the same names: KVM_SET_MP_STATE, _REGS, _SREGS,
+# _VCPU_EVENTS, _LAPIC, KVM_SET_MSRS(IA32_APIC_BASE).
+RESTORE_SETS = SNAPSHOT_READS
+
+
+@dataclass(frozen=True)
+class Snapshot(Step):
+    """Save every vCPU's state with GET ioctls in SNAPSHOT_READS order (what a VMM saves for
+    save/restore or live migration); what KVM_GET_MP_STATE returned is compared."""
+
+    kind = "snapshot"
+
+
+@dataclass(frozen=True)
+class Restore(Step):
+    """Build a fresh VM as the setup says and SET the last snapshot on it, vCPU by vCPU, the
+    ioctls in ``order``; the trace continues on the new VM. ``mp_state`` replaces saved
+    states ((vcpu, state), ...): a source that saved SIPI_RECEIVED (3.9, rule 25)."""
+
+    order: tuple = RESTORE_SETS
+    mp_state: tuple = ()  # ((vcpu, state), ...), by vCPU
+    kind = "restore"
+
+    def state_for(self, vcpu: int, saved: int) -> int:
+        return dict(self.mp_state).get(vcpu, saved)
+
+
 @dataclass(frozen=True)
 class Smi(Step):
     vcpu: int
@@ -297,8 +327,19 @@ class Trace:
     profiles: tuple = ()  # empty: every profile
     requires: tuple = ()  # host capabilities: "smm", "x2apic", "split-irqchip"
     pinned_profiles: tuple = ("mainline",)  # profiles under which observe.expect pins apply
+    # The concurrent block's outcome set, pinned per profile: ((profile, (label, ...)), ...).
+    # The explorer's labels must equal it exactly (a model that allows too much, or too
+    # little, fails), on either backend.
+    outcomes: tuple = ()
     path: str = field(default="<code>", compare=False)
     line: int = field(default=1, compare=False)
+
+    def pinned_outcomes(self, profile: str) -> frozenset | None:
+        """The outcome labels pinned for `profile`, None when the trace pins none for it."""
+        for name, labels in self.outcomes:
+            if name == profile:
+                return frozenset(labels)
+        return None
 
     def applies_to(self, profile: str) -> bool:
         return not self.profiles or profile in self.profiles

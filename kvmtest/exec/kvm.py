@@ -88,6 +88,8 @@ class KvmSide:
         self._x2apic_after_start = False  # GuestVm.start() semantics, see _after_ready
         self._pending_ack: dict[int, str] = {}  # vCPU -> a harness command's report to absorb
         self.guest_vm = None
+        self.kvm, self.cpuid = kvm, cpuid
+        self.saved = None  # the last snapshot: per vCPU, what the GET ioctls returned
         if setup.guest == "none":
             self.vm = kvm.create_vm()
             try:
@@ -232,6 +234,51 @@ class KvmSide:
                 else:
                     break  # KVM stops at the first MSR it refuses
             return {(op.vcpu, "result"): taken}
+
+    # --- save and restore (guest-less VMs: no vCPU thread to stop) ---------------------------
+
+    def snapshot(self, op: f.Snapshot) -> dict:
+        """The GETs of f.SNAPSHOT_READS on every vCPU, in that order, as a VMM saves."""
+        saved, out = [], {}
+        for index, vcpu in enumerate(self.vcpus):
+            state = {
+                "mp_state": vcpu.get_mp_state(),
+                "regs": vcpu.get_regs(),
+                "sregs": vcpu.get_sregs(),
+                "events": vcpu.get_vcpu_events(),
+                "lapic": vcpu.get_lapic(),
+                "msrs": self._apic_base(vcpu),
+            }
+            saved.append(state)
+            out[(index, "snapshot.mp_state")] = state["mp_state"]
+        self.saved = saved
+        return out
+
+    def restore(self, op: f.Restore) -> dict:
+        """Close the VM, build a fresh one as the setup says, SET the snapshot vCPU by vCPU."""
+        self.vm.close()
+        self.vm = self.kvm.create_vm()
+        self._build_plain(self.kvm, self.setup, self.cpuid)
+        out = {}
+        for index, (vcpu, state) in enumerate(zip(self.vcpus, self.saved, strict=True)):
+            for what in op.order:
+                out[(index, f"restore.{what}")] = self._restore_one(vcpu, index, what, state, op)
+        return out
+
+    def _restore_one(self, vcpu, index: int, what: str, state: dict, op) -> int:
+        if what == "mp_state":
+            return vcpu.set_mp_state_raw(op.state_for(index, state["mp_state"]))
+        if what == "regs":
+            return _raw(vcpu.set_regs, state["regs"])
+        if what == "sregs":
+            return _raw(vcpu.set_sregs, state["sregs"])
+        if what == "events":
+            events = state["events"]
+            events.flags |= lib.KVM_VCPUEVENT_VALID_SIPI_VECTOR  # as QEMU sets them
+            return vcpu.set_vcpu_events_raw(events)
+        if what == "lapic":
+            return _raw(vcpu.set_lapic, state["lapic"])
+        return 1 if _raw(vcpu.set_msrs, {MSR_APIC_BASE: state["msrs"]}) == 0 else 0
 
     @staticmethod
     def _apic_base(vcpu) -> int:
@@ -444,4 +491,6 @@ _PERFORM = {
     "guest": KvmSide.guest,
     "smp_boot": KvmSide.smp_boot,
     "guest_ran": KvmSide.guest_ran,
+    "snapshot": KvmSide.snapshot,
+    "restore": KvmSide.restore,
 }

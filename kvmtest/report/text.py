@@ -196,6 +196,9 @@ def _histogram(outcomes: dict, allowed: dict, indent: str) -> list:
             f"{indent}  {one_line(row.label):<{label_width}}  {bar:<{BAR_WIDTH}}  "
             f"{row.count:>{count_width}}  {verdict}"
         )
+    never = [one_line(row.label) for row in rows if row.allowed and not row.count]
+    if never and runs > 1:
+        lines.append(f"{indent}allowed but never observed in {runs} runs: " + " | ".join(never))
     return lines
 
 

@@ -230,7 +230,22 @@ class System:
 
     def __init__(self, setup: f.Setup, profile, flavour: str, cpuid_1_eax, smm: bool):
         self.setup = setup
-        self.machine = Machine(
+        self._vm_facts = (profile, flavour, cpuid_1_eax, smm)
+        self.machine = self._fresh_machine()
+        self.programs: dict[str, tuple] = {}  # thread -> its moves, in order
+        self.pcs: dict[str, int] = {}  # thread -> index of its next move
+        self.waiting: frozenset = frozenset()  # vCPUs that report once they run again
+        self.landed: frozenset = frozenset()  # (vcpu, how): wake-up reports so far
+        self.reports: list = []  # (vcpu, what) in order, acknowledgements included
+        self.saved: list | None = None  # the last snapshot: per vCPU, what the GETs returned
+        if setup.guest != "none":
+            self._loader_registers()
+
+    def _fresh_machine(self) -> Machine:
+        """A new VM as the setup builds it (guest-less part: x2APIC, the APIC map sync)."""
+        setup = self.setup
+        profile, flavour, cpuid_1_eax, smm = self._vm_facts
+        machine = Machine(
             nr_vcpus=setup.vcpus,
             profile=profile,
             flavour=flavour,
@@ -238,19 +253,13 @@ class System:
             cpuid_1_eax=cpuid_1_eax,
             smm=smm,
         )
-        self.programs: dict[str, tuple] = {}  # thread -> its moves, in order
-        self.pcs: dict[str, int] = {}  # thread -> index of its next move
-        self.waiting: frozenset = frozenset()  # vCPUs that report once they run again
-        self.landed: frozenset = frozenset()  # (vcpu, how): wake-up reports so far
-        self.reports: list = []  # (vcpu, what) in order, acknowledgements included
         if setup.apic == "x2apic" and setup.guest == "none":
             for vcpu in range(setup.vcpus):
-                self.machine.enable_x2apic(vcpu)  # the host sets APIC_BASE.EXTD
+                machine.enable_x2apic(vcpu)  # the host sets APIC_BASE.EXTD
         if setup.sync_apic_map:
             for vcpu in range(setup.vcpus):
-                self.machine.set_lapic(vcpu)
-        if setup.guest != "none":
-            self._loader_registers()
+                machine.set_lapic(vcpu)
+        return machine
 
     def _loader_registers(self) -> None:
         """Mirror GuestVm's KVM_SET_SREGS/SET_REGS on the BSP: real mode at 0:ENTRY_BSP, FS
@@ -560,6 +569,61 @@ class System:
         refused = self._paused(op.vcpu, self.machine.set_apic_base, value)
         return {(op.vcpu, "result"): 0 if refused else 1}
 
+    def _snapshot(self, op) -> dict:
+        """A VMM's save: the GETs of f.SNAPSHOT_READS on every vCPU, in that order."""
+        m, saved, out = self.machine, [], {}
+        for vcpu in range(len(m.vcpus)):
+            state = {
+                "mp_state": int(m.get_mp_state(vcpu)),
+                "regs": m.get_regs(vcpu),
+                "sregs": m.get_sregs(vcpu),
+                "events": m.get_vcpu_events(vcpu),
+                "lapic": m.get_lapic(vcpu),
+                "msrs": m.get_apic_base(vcpu),
+            }
+            saved.append(state)
+            out[(vcpu, "snapshot.mp_state")] = state["mp_state"]
+        self.saved = saved
+        return out
+
+    def _restore(self, op) -> dict:
+        """A fresh VM, then per vCPU the SETs of ``op.order`` with what the snapshot holds."""
+        self.machine = m = self._fresh_machine()
+        out = {}
+        for vcpu, state in enumerate(self.saved):
+            for what in op.order:
+                out[(vcpu, f"restore.{what}")] = self._restore_one(m, vcpu, what, state, op)
+        return out
+
+    def _restore_one(self, m: Machine, vcpu: int, what: str, state: dict, op) -> int:
+        if what == "mp_state":
+            return m.set_mp_state(vcpu, op.state_for(vcpu, state["mp_state"]))
+        if what == "regs":
+            return m.set_regs(vcpu, **state["regs"])
+        if what == "sregs":
+            sregs = dict(state["sregs"])
+            return m.set_sregs(vcpu, **sregs)
+        if what == "events":
+            events = state["events"]
+            smi = events["smi"]
+            return m.set_vcpu_events(
+                vcpu,
+                flags=events["flags"] | reference.profiles.VALID_SIPI_VECTOR,  # as QEMU sets them
+                sipi_vector=events["sipi_vector"],
+                smm=smi["smm"],
+                smi_pending=smi["pending"],
+                latched_init=smi["latched_init"],
+                nmi_pending=events["nmi_pending"],
+            )
+        if what == "lapic":
+            values = dict(state["lapic"])
+            raw = values.pop("id")
+            x2apic = m.vcpus[vcpu].x2apic_mode and m.x2apic_format
+            return m.set_lapic(vcpu, apic_id=raw if x2apic else raw >> 24, **values)
+        if m.set_apic_base(vcpu, state["msrs"]):
+            return 0  # KVM_SET_MSRS: how many MSRs it took
+        return 1
+
     def _get_mp_state(self, op) -> dict:
         return {(op.vcpu, "mp_state"): int(self._paused(op.vcpu, self.machine.get_mp_state))}
 
@@ -678,6 +742,8 @@ HOST_OPS = {
     "nmi": _vcpu_ioctl("nmi"),
     "smp_boot": System._smp_boot,
     "guest_ran": System._guest_ran,
+    "snapshot": System._snapshot,
+    "restore": System._restore,
 }
 
 

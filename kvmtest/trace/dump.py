@@ -21,6 +21,11 @@ def dump_trace(trace: f.Trace) -> str:
         if values:
             lines.append(f"{key}: {_list(values)}")
     lines.append(f"pinned_profiles: {_list(trace.pinned_profiles)}")
+    if trace.outcomes:
+        lines.append("outcomes:")
+        for profile, labels in trace.outcomes:
+            lines.append(f"  {_scalar(profile)}:")
+            lines += [f"    - {_str(label)}" for label in labels]
     s = trace.setup
     setup = {
         "vcpus": s.vcpus,
@@ -84,6 +89,13 @@ def step_mapping(step) -> str:
         return f"{step.command}: {step.vcpu}"
     if kind == "smp_boot":
         return f"smp_boot: {_map({'broadcast': step.broadcast, 'vector': step.vector})}"
+    if kind == "snapshot":
+        return "snapshot: {}"
+    if kind == "restore":
+        body = {"order": list(step.order)}
+        if step.mp_state:
+            body["mp_state"] = {v: f.MP_STATE_NAMES.get(s, s) for v, s in step.mp_state}
+        return f"restore: {_map(body)}"
     if kind == "observe":
         body = {"vcpus": list(step.vcpus), "read": list(step.read)}
         if step.fields is not None:

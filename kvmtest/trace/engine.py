@@ -254,6 +254,7 @@ def _explore(trace, profile, system, host):
 def _concurrent(trace, index, block, system, real, profile, host, result, check_pins) -> None:
     """A concurrent block: the model's allowed outcomes against what KVM shows this time."""
     exploration = _explore(trace, profile, system, host)
+    _check_outcome_pins(trace, index, block, profile, exploration, result)
     if real is None:
         shown = "; ".join(f"{n} x {label}" for label, n in exploration.outcomes.items())
         result.message = f"{exploration.interleavings} schedules explored: {shown}"
@@ -309,6 +310,25 @@ def _concurrent(trace, index, block, system, real, profile, host, result, check_
     else:
         result.outcomes = {match: 1}
         result.allowed = {label: True for label in exploration.outcomes}
+
+
+def _check_outcome_pins(trace, index, block, profile, exploration, result) -> None:
+    """`outcomes:` pinned for this profile: the explorer's outcome set must equal it."""
+    pinned = trace.pinned_outcomes(profile.name)
+    if pinned is None:
+        return
+    result.pins_checked += 1
+    explored = frozenset(exploration.outcomes)
+    for label in sorted(explored - pinned):
+        result.mismatches.append(
+            Mismatch(index, trace.location(block), None, "outcome (model vs pin)", "not pinned", label)
+        )
+    for label in sorted(pinned - explored):
+        result.mismatches.append(
+            Mismatch(
+                index, trace.location(block), None, "outcome (model vs pin)", label, "not explored"
+            )
+        )
 
 
 def _error(result, trace, index, step, message: str) -> None:

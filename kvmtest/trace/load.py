@@ -471,6 +471,7 @@ def parse_trace(text: str, path: str = "<string>") -> f.Trace:
             "profiles",
             "pinned_profiles",
             "requires",
+            "outcomes",
             "setup",
             "steps",
         },
@@ -517,6 +518,7 @@ def parse_trace(text: str, path: str = "<string>") -> f.Trace:
         for i, s in enumerate(steps_value)
     )
     _check_sequence(ctx, steps)
+    outcomes = _outcomes(ctx, top, steps, line)
     return f.Trace(
         name=name,
         path=path,
@@ -529,7 +531,41 @@ def parse_trace(text: str, path: str = "<string>") -> f.Trace:
         profiles=profiles,
         requires=requires,
         pinned_profiles=pinned,
+        outcomes=outcomes,
     )
+
+
+def _outcomes(ctx, top, steps, line) -> tuple:
+    """`outcomes: {mainline: [label, ...]}`: the block's outcome set per profile, as the
+    explorer labels them (`kvmtest explore` prints them)."""
+    if "outcomes" not in top:
+        return ()
+    at = _key_line(top, "outcomes", line)
+    value = top["outcomes"]
+    if not isinstance(value, dict) or not value:
+        raise ctx.error(at, "outcomes must map profile names to lists of outcome labels")
+    if not any(s.kind == "concurrently" for s in steps):
+        raise ctx.error(at, "outcomes pins a concurrently block's outcomes; this trace has none")
+    out = []
+    for name, labels in value.items():
+        where = _key_line(value, name, at)
+        _profiles(ctx, [name], "outcomes", where)
+        items = _list(ctx, labels, f"outcomes.{name}", where)
+        if not items:
+            raise ctx.error(where, f"outcomes.{name}: an empty outcome set allows nothing")
+        seen = []
+        for i, label in enumerate(items):
+            if not isinstance(label, str) or not label.strip():
+                raise ctx.error(
+                    _item_line(items, i, where), f"outcomes.{name}: a label must be text"
+                )
+            if label in seen:
+                raise ctx.error(
+                    _item_line(items, i, where), f"outcomes.{name}: {_excerpt(label)} twice"
+                )
+            seen.append(label)
+        out.append((name, tuple(seen)))
+    return tuple(out)
 
 
 def _profiles(ctx, value, what, line) -> tuple:
@@ -559,6 +595,10 @@ def _check_sequence(ctx, steps) -> None:
                     f"only one {what} per trace (the first is at line {first[step.kind]})",
                 )
             first[step.kind] = step.line
+        if isinstance(step, f.Snapshot):
+            first.setdefault("snapshot", step.line)
+        if isinstance(step, f.Restore) and "snapshot" not in first:
+            raise ctx.error(step.line, "restore before any snapshot: nothing to restore")
         if isinstance(step, f.Concurrently):
             seen_block = step
         elif seen_block is not None and isinstance(step, f.Observe) and step.expect:
@@ -783,7 +823,7 @@ def _step_of_kind(ctx, kind, body, line, setup: f.Setup, nested: bool, thread):
         "msi, icr, observe, get_mp_state, set_mp_state, set_vcpu_events, set_lapic, set_regs, "
         "set_sregs, set_msrs, smi, nmi, guest_ran, "
         + ", ".join(GUEST_COMMANDS)
-        + ", smp_boot, concurrently"
+        + ", smp_boot, snapshot, restore, concurrently"
     )
     if not isinstance(kind, str):
         raise ctx.error(line, f"unknown step {_excerpt(kind)} (known: {known})")
@@ -848,6 +888,14 @@ def _step_of_kind(ctx, kind, body, line, setup: f.Setup, nested: bool, thread):
         broadcast = ctx.boolean(body.get("broadcast", False), "smp_boot.broadcast", line)
         vector = ctx.integer(body.get("vector", 0x10), "smp_boot.vector", line, 0x08, 0x9F)
         return f.SmpBoot(broadcast, vector, line=line)
+    if kind in ("snapshot", "restore"):
+        if setup.guest != "none":
+            raise ctx.error(line, f"step {kind!r} needs setup.guest: none (no guest code yet)")
+        if kind == "snapshot":
+            if body not in (None, {}):
+                raise ctx.error(line, "snapshot takes no arguments: write 'snapshot: {}'")
+            return f.Snapshot(line=line)
+        return _restore(ctx, body, line)
     if kind == "concurrently":
         return _concurrently(ctx, body, line, setup)
     raise ctx.error(line, f"unknown step {_excerpt(kind)} (known: {known})")
@@ -880,6 +928,36 @@ def _register_step(ctx, kind, body, line):
     if not values:
         raise ctx.error(line, f"{kind}: names no field to set (one of: {', '.join(names)})")
     return cls(vcpu, tuple(values), line=line)
+
+
+def _restore(ctx, body, line) -> f.Restore:
+    """`restore: {order: [mp_state, lapic, ...], mp_state: {1: SIPI_RECEIVED}}`."""
+    body = ctx.mapping({} if body is None else body, "restore", line, {"order", "mp_state"})
+    order = f.RESTORE_SETS
+    if "order" in body:
+        names = ctx.strings(body["order"], "restore.order", line)
+        for name in names:
+            if name not in f.RESTORE_SETS:
+                raise ctx.error(
+                    line,
+                    f"restore.order: unknown {_excerpt(name)} "
+                    f"(known: {', '.join(f.RESTORE_SETS)})",
+                )
+        if len(set(names)) != len(names):
+            raise ctx.error(line, "restore.order: a SET named twice")
+        if not names:
+            raise ctx.error(line, "restore.order: restores nothing")
+        order = names
+    states = []
+    if "mp_state" in body:
+        value = body["mp_state"]
+        if not isinstance(value, dict) or not value:
+            raise ctx.error(line, "restore.mp_state maps vCPU numbers to states")
+        for vcpu, state in value.items():
+            states.append((ctx.vcpu(vcpu, "restore.mp_state", line), _mp_state(ctx, state, line)))
+        if "mp_state" not in order:
+            raise ctx.error(line, "restore.mp_state without mp_state in restore.order")
+    return f.Restore(tuple(order), tuple(sorted(states)), line=line)
 
 
 def _concurrently(ctx, body, line, setup) -> f.Concurrently:

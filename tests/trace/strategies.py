@@ -65,9 +65,25 @@ def sequential_op(n, guest):
             st.none() | st.integers(0, 255),
         ),
     ]
+    ops += [
+        st.builds(f.SetRegs, _vcpu(n), st.just((("rip", 0xFFF0), ("rdx", 0x600)))),
+        st.builds(f.SetSregs, _vcpu(n), st.just((("cs.selector", 0xF000), ("cr0", 0x10)))),
+        st.builds(f.SetMsrs, _vcpu(n), st.tuples(st.tuples(st.just("apic_base"), U64))),
+        st.builds(f.SetLapic, _vcpu(n), st.just((("ldr", 1 << 24), ("spiv", 0x1FF)))),
+    ]
     if guest == "stepper":
         ops.append(guest_op(n))
     return st.one_of(*ops)
+
+
+@st.composite
+def restore(draw, n):
+    order = tuple(draw(st.permutations(f.RESTORE_SETS)))[: draw(st.integers(1, 6))]
+    states = ()
+    if "mp_state" in order:
+        chosen = draw(st.sets(_vcpu(n), max_size=n))
+        states = tuple((v, draw(st.integers(0, 9))) for v in sorted(chosen))
+    return f.Restore(order, states)
 
 
 @st.composite
@@ -96,9 +112,16 @@ def traces(draw):
     if guest == "smp-boot" and draw(st.booleans()):
         boot = f.SmpBoot(draw(st.booleans()), draw(st.integers(0x08, 0x9F)))
         steps.insert(draw(st.integers(0, len(steps))), boot)
+    if guest == "none" and draw(st.booleans()):
+        at = draw(st.integers(0, len(steps)))
+        steps[at:at] = [f.Snapshot(), draw(restore(n))]
+    outcomes = ()
     if draw(st.booleans()):
         at = draw(st.integers(0, len(steps)))
         steps.insert(at, draw(concurrently(n, guest)))
+        labels = st.lists(TEXT.filter(bool), min_size=1, max_size=3, unique=True).map(tuple)
+        chosen = draw(st.lists(st.sampled_from(list(reference.PROFILES)), max_size=2, unique=True))
+        outcomes = tuple((p, draw(labels)) for p in chosen)
         # The loader refuses observe.expect after a block: the engine never checks it there.
         steps[at + 1 :] = [
             dataclasses.replace(s, expect={}) if s.kind == "observe" else s for s in steps[at + 1 :]
@@ -116,4 +139,5 @@ def traces(draw):
             draw(st.lists(st.sampled_from(["smm", "x2apic", "split-irqchip"]), unique=True))
         ),
         pinned_profiles=tuple(draw(st.lists(st.sampled_from(profiles), max_size=2, unique=True))),
+        outcomes=outcomes,
     )
