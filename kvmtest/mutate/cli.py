@@ -7,7 +7,7 @@ import fnmatch
 import shlex
 import sys
 
-from ..cli.errors import EXIT_USAGE
+EXIT_USAGE = 2  # as kvmtest.cli.errors has it (tools sit below cli)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -27,6 +27,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=[],
         metavar="GLOB",
         help="only mutants whose id matches (switch:*, machine:12, regs:*; repeatable)",
+    )
+    parser.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="a deterministic sample: every N-th code mutant of each module (all switches)",
+    )
+    parser.add_argument(
+        "--before",
+        metavar="FILE",
+        help="trace names (one a line) of an earlier corpus: its score is reported too "
+        "(kvmtest/mutate/original_corpus.txt: the corpus before the mutation work)",
     )
     parser.add_argument("--no-code", action="store_true", help="switch mutants only")
     parser.add_argument("--no-switches", action="store_true", help="code mutants only")
@@ -54,6 +67,8 @@ def main(args) -> int:
     chosen = ([] if args.no_switches else m.switch_mutants(args.profile)) + (
         [] if args.no_code else m.code_mutants()
     )
+    if args.every > 1:
+        chosen = [x for x in chosen if x.kind != "code" or x.spec["index"] % args.every == 0]
     if args.only:
         chosen = [x for x in chosen if any(fnmatch.fnmatch(x.id, g) for g in args.only)]
     if not chosen:
@@ -75,6 +90,7 @@ def main(args) -> int:
         profile=args.profile,
         context=backend.context,
         corpus_paths=args.paths,
+        before=_names(args.before) if args.before else None,
         probes=args.probes,
         strategies=args.strategies,
         jobs=args.jobs,
@@ -87,3 +103,8 @@ def main(args) -> int:
         with open(args.markdown, "w", encoding="utf-8") as fh:
             fh.write(report.markdown(campaign))
     return 0
+
+
+def _names(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as fh:
+        return [line.strip() for line in fh if line.strip() and not line.startswith("#")]

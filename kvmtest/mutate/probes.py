@@ -99,6 +99,8 @@ def directed(count: int, seed: int = 1) -> list[f.Trace]:
 
 def from_strategies(count: int) -> list[f.Trace]:
     """A derandomized batch from tests/trace/strategies.py; [] outside a checkout."""
+    if count < 1:
+        return []
     try:
         from hypothesis import HealthCheck, Phase, given, settings
 

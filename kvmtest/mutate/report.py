@@ -5,10 +5,11 @@ from __future__ import annotations
 from .runner import CATEGORIES, COUNTED, KILLED
 
 
-def _score(campaign) -> str:
-    score = campaign.score
-    judged = sum(campaign.count(c) for c in COUNTED)
-    killed = judged - sum(campaign.count(c) for c in COUNTED if c not in (KILLED, "killed by crash"))
+def _score(campaign, verdicts=None) -> str:
+    verdicts = campaign.verdicts if verdicts is None else verdicts
+    score = campaign.score_of(verdicts)
+    judged = sum(campaign.count(c, verdicts) for c in COUNTED)
+    killed = campaign.count(KILLED, verdicts) + campaign.count("killed by crash", verdicts)
     if score is None:
         return "score: nothing judged"
     return f"score: {killed}/{judged} = {100 * score:.1f}%"
@@ -23,6 +24,13 @@ def summary_lines(campaign) -> list[str]:
     ]
     for category in CATEGORIES:
         lines.append(f"  {category}: {campaign.count(category)}")
+    if campaign.before:
+        counts = ", ".join(f"{c} {campaign.count(c, campaign.before)}" for c in CATEGORIES)
+        lines.append(
+            f"on the original corpus ({campaign.before_corpus} traces): "
+            + _score(campaign, campaign.before)
+            + f" ({counts})"
+        )
     if campaign.baseline_failures:
         lines.append(
             "baseline: these traces do not pass unmutated and judge nothing: "

@@ -60,18 +60,24 @@ class Campaign:
     probes: int
     verdicts: list = field(default_factory=list)
     baseline_failures: dict = field(default_factory=dict)
+    before: list = field(default_factory=list)  # verdicts judged on the original corpus only
+    before_corpus: int = 0
     elapsed: float = 0.0
     command: str = ""
 
-    def count(self, category: str) -> int:
-        return sum(1 for v in self.verdicts if v.category == category)
+    def count(self, category: str, verdicts=None) -> int:
+        verdicts = self.verdicts if verdicts is None else verdicts
+        return sum(1 for v in verdicts if v.category == category)
+
+    def score_of(self, verdicts) -> float | None:
+        judged = sum(self.count(c, verdicts) for c in COUNTED)
+        if not judged:
+            return None
+        return (self.count(KILLED, verdicts) + self.count(CRASH, verdicts)) / judged
 
     @property
     def score(self) -> float | None:
-        judged = sum(self.count(c) for c in COUNTED)
-        if not judged:
-            return None
-        return (self.count(KILLED) + self.count(CRASH)) / judged
+        return self.score_of(self.verdicts)
 
 
 def host_facts(context) -> dict:
@@ -136,9 +142,18 @@ def never_runs(mutant, covered: set) -> bool:
     return not any(p.endswith(path) and line == mutant.line for p, line in covered)
 
 
-def judge(mutant, answer: dict | None, why: str, base: dict) -> Verdict:
+def judge(mutant, answer: dict | None, why: str, base: dict, only=None) -> Verdict:
+    """The verdict; with `only` (trace names), as if the corpus held just those traces (the
+    worker replays them first, so a FAIL among them is found if there is one)."""
     if answer is None:
         return Verdict(mutant, CRASH, why)
+    if only is not None:
+        full = answer["differs"]
+        answer = dict(answer)
+        answer["kvm"] = {n: r for n, r in answer["kvm"].items() if n in only}
+        answer["differs"] = {n: s for n, s in full.items() if n in only}
+        if full and not answer["differs"]:  # it differs on a trace outside `only`
+            answer["probe_differs"] = [sorted(full)[0] + " (outside this corpus)"]
     kvm = {n: r for n, r in answer["kvm"].items() if n not in base["failing"]}
     failed = {n: r for n, r in kvm.items() if r["status"] == "fail"}
     errors = {n: r for n, r in kvm.items() if r["status"] == "error"}
@@ -176,6 +191,7 @@ def run(
     profile: str,
     context,
     corpus_paths=(),
+    before=None,
     probes: int = 100,
     strategies: int = 50,
     jobs: int = 1,
@@ -202,7 +218,9 @@ def run(
             covered.add((path, int(line)))
         prior = {"corpus": base["corpus"], "smm": base["smm"], "probes": base["probes"]}
         context_base = {"failing": failing, "probes": nr_probes, "profile": profile}
-        mspec = dict(spec, baseline=prior, kvm=True)
+        mspec = dict(spec, baseline=prior, kvm=True, first=sorted(before or ()))
+        before_names = set(before or ()) & set(base["corpus"])
+        campaign.before_corpus = len(before_names)
 
         def one(mutant) -> Verdict:
             t0 = time.perf_counter()
@@ -215,15 +233,19 @@ def run(
                 )
                 if progress is not None:
                     progress(verdict)
-                return verdict
+                return verdict, verdict
             answer, why = _worker(dict(mspec, mutant=mutant.spec), timeout)
             verdict = judge(mutant, answer, why, context_base)
             verdict.elapsed = time.perf_counter() - t0
+            earlier = judge(mutant, answer, why, context_base, only=before_names)
             if progress is not None:
                 progress(verdict)
-            return verdict
+            return verdict, earlier
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            campaign.verdicts = list(pool.map(one, mutants))
+            pairs = list(pool.map(one, mutants))
+        campaign.verdicts = [now for now, _ in pairs]
+        if before:
+            campaign.before = [then for _, then in pairs]
     campaign.elapsed = time.perf_counter() - start
     return campaign

@@ -102,6 +102,8 @@ def run(spec) -> dict:
                 probe_differs.append(trace.name)
                 break
     chosen = [t for t in runnable if t.name in differs] if spec.get("kvm") else []
+    first = set(spec.get("first", ()))  # replayed first: tells which corpus killed it
+    chosen.sort(key=lambda t: (t.name not in first, t.setup.guest != "none", len(t.steps)))
     answer = {"differs": differs, "smm_differs": smm_differs, "probe_differs": probe_differs}
     answer["kvm"] = _replay(chosen, profile, spec, stop_at_fail=True) if chosen else {}
     return answer

@@ -26,9 +26,10 @@ LAYERS = [
             "kvmtest.answers",
             "kvmtest.record",
             "kvmtest.findings_doc",
+            "kvmtest.mutate",
         ],
         "kernel matrix, generated coverage table, generated answers and findings pages; "
-        "recording a VMM",
+        "recording a VMM; mutation testing",
     ),
     ("suite", ["kvmtest.suite"], "many traces: selection, backends, jobs, timeouts"),
     ("report", ["kvmtest.report"], "text, KTAP, JSON, JUnit of a run's results"),

@@ -36,9 +36,8 @@ steps:
 def host(kvm):
     from kvmtest.host import FLAVOURS, detect_backend
 
-    return HostContext(
-        "kvm", flavour=FLAVOURS.get(detect_backend(), "vmx"), cpuid=kvm.get_supported_cpuid(), kvm=kvm
-    )
+    flavour = FLAVOURS.get(detect_backend(), "vmx")
+    return HostContext("kvm", flavour=flavour, cpuid=kvm.get_supported_cpuid(), kvm=kvm)
 
 
 def test_loader_reads_snapshot_and_restore():
@@ -106,8 +105,6 @@ def test_kvm_agrees_with_the_model_across_a_restore(host, text):
     assert result.compared > 50
 
 
-
-
 def _race(labels: list[str]) -> f.Trace:
     block = f.Concurrently(
         (
@@ -146,8 +143,12 @@ def test_outcome_pins_need_a_block_and_known_profiles():
     base = "name: t\nsetup: {vcpus: 2}\noutcomes: %s\nsteps:\n  - get_mp_state: 1\n"
     with pytest.raises(TraceError, match="has none"):
         parse_trace(base % "{mainline: [a]}", "t.yaml")
+    block = (
+        "concurrently: [{thread: host, steps: [get_mp_state: 1]}, "
+        "{thread: 1, steps: [get_mp_state: 1]}]"
+    )
     with pytest.raises(TraceError, match="unknown profile"):
-        parse_trace((base % "{linux-9.9: [a]}").replace("get_mp_state: 1", "concurrently: [{thread: host, steps: [get_mp_state: 1]}, {thread: 1, steps: [get_mp_state: 1]}]"), "t.yaml")
+        parse_trace((base % "{linux-9.9: [a]}").replace("get_mp_state: 1", block), "t.yaml")
 
 
 def test_every_race_in_the_corpus_pins_its_outcomes_for_every_profile():
