@@ -48,7 +48,9 @@ SKIP_FUNCTIONS = frozenset(
         "dtable_dict",
     }
 )
-SKIP_CLASSES = frozenset({"MpState", "Phase", "RunResult", "Step", "By", "Irq", "Segment", "DTable"})
+SKIP_CLASSES = frozenset(
+    {"MpState", "Phase", "RunResult", "Step", "By", "Irq", "Segment", "DTable"}
+)
 SKIP_ASSIGNMENTS = frozenset(
     {"_KEY_FIELDS", "_OPS", "_GUEST_STEPS", "_IOCTL_STEPS", "_key_fields", "_REG_ORDER",
      "DELIVERY_MODE_NAMES", "__all__", "GUEST", "GUEST_SEGMENT", "GUEST_DTABLE", "_ONLINE"}
@@ -120,7 +122,9 @@ class _Walker(ast.NodeTransformer):
         """Record a site; True if it is the one to mutate."""
         index = len(self.sites)
         self.sites.append(
-            Site(self.module, index, operator, getattr(node, "lineno", 0), self.function, description)
+            Site(
+                self.module, index, operator, getattr(node, "lineno", 0), self.function, description
+            )
         )
         hit = index == self.target
         self.done = self.done or hit

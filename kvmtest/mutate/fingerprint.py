@@ -39,7 +39,7 @@ def predictions(trace, profile, flavour: str, cpuid_1_eax, smm: bool) -> list[st
 
 def first_difference(base: list[str], other: list[str]) -> int | None:
     """Index of the first step whose prediction differs, None when all are equal."""
-    for i, (a, b) in enumerate(zip(base, other)):
+    for i, (a, b) in enumerate(zip(base, other, strict=False)):
         if a != b:
             return i
     return None if len(base) == len(other) else min(len(base), len(other))

@@ -73,7 +73,9 @@ def run(spec) -> dict:
     if errors:
         raise SystemExit(f"corpus: {errors[0]}")
     facts = _Facts(host)
-    runnable = [t for t in traces if t.applies_to(profile.name) and not missing_requirement(t, facts)]
+    runnable = [
+        t for t in traces if t.applies_to(profile.name) and not missing_requirement(t, facts)
+    ]
     smm_only = [
         t for t in traces if t.applies_to(profile.name) and "smm" in t.requires and not facts.smm
     ]

@@ -321,7 +321,9 @@ def _check_outcome_pins(trace, index, block, profile, exploration, result) -> No
     explored = frozenset(exploration.outcomes)
     for label in sorted(explored - pinned):
         result.mismatches.append(
-            Mismatch(index, trace.location(block), None, "outcome (model vs pin)", "not pinned", label)
+            Mismatch(
+                index, trace.location(block), None, "outcome (model vs pin)", "not pinned", label
+            )
         )
     for label in sorted(pinned - explored):
         result.mismatches.append(

@@ -940,8 +940,7 @@ def _restore(ctx, body, line) -> f.Restore:
             if name not in f.RESTORE_SETS:
                 raise ctx.error(
                     line,
-                    f"restore.order: unknown {_excerpt(name)} "
-                    f"(known: {', '.join(f.RESTORE_SETS)})",
+                    f"restore.order: unknown {_excerpt(name)} (known: {', '.join(f.RESTORE_SETS)})",
                 )
         if len(set(names)) != len(names):
             raise ctx.error(line, "restore.order: a SET named twice")
