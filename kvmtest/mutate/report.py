@@ -59,6 +59,13 @@ def _cell(text: str) -> str:
 
 
 def markdown(campaign) -> str:
+    """The report as Markdown, paths relative to the checkout (the page is committed)."""
+    from .runner import _checkout
+
+    return _markdown(campaign).replace(_checkout() + "/", "")
+
+
+def _markdown(campaign) -> str:
     out = ["## Result", "", "```", *summary_lines(campaign), "```", ""]
     if campaign.command:
         out += [f"Command: `{campaign.command}`", ""]
