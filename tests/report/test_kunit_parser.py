@@ -77,7 +77,8 @@ def test_reference_run_parses(kunit):
 
 
 def test_nothing_to_check_is_skipped_not_passed(kunit):
-    result = kvmtest_ktap("--backend", "reference", "--profile", "linux-3.9")
+    """Races pin outcome sets for every profile (checked without KVM); the MSI traces do not."""
+    result = kvmtest_ktap("--backend", "reference", "--profile", "linux-3.9", "-k", "msi-*")
     assert result.returncode == 4, result.stdout[-2000:]
     test, statuses = parse(kunit, result.stdout)
     assert test.status == kunit.TestStatus.SKIPPED
