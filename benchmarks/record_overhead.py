@@ -1,7 +1,7 @@
 """What recording costs: one QEMU run untraced, under `kvmtest record` and under
 `strace -f -e trace=ioctl`, wall-clock time of each and the ratios.
 
-    python benchmarks/record_overhead.py [--all-ioctls] [--runs N] [--smp N]
+    python benchmarks/record_overhead.py [--all-ioctls] [--runs N] [--smp N] [--menu-ms MS]
 
 The run is QEMU with its default firmware (SeaBIOS) and no boot disk: SeaBIOS brings the APs up
 and QEMU exits by itself after the failed boot (-no-reboot). With --all-ioctls every KVM_RUN
@@ -35,8 +35,17 @@ def main() -> int:
     parser.add_argument("--all-ioctls", action="store_true")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--smp", type=int, default=4)
+    parser.add_argument(
+        "--menu-ms",
+        type=int,
+        default=0,
+        help="let SeaBIOS show its boot menu this long first: a longer run, more KVM_RUN exits",
+    )
     args = parser.parse_args()
     qemu = QEMU + ["-smp", str(args.smp)]
+    if args.menu_ms:
+        at = qemu.index("menu=off,reboot-timeout=0")
+        qemu[at] = f"menu=on,splash-time={args.menu_ms},reboot-timeout=0"
     out = os.path.join(tempfile.mkdtemp(), "rec.yaml")
     record = [sys.executable, "-m", "kvmtest", "record", "-o", out]
     record += ["--all-ioctls"] if args.all_ioctls else []
