@@ -2,6 +2,7 @@
 `strace -f -e trace=ioctl`, wall-clock time of each and the ratios.
 
     python benchmarks/record_overhead.py [--all-ioctls] [--runs N] [--smp N] [--menu-ms MS]
+                                         [--io-loop N]
 
 The run is QEMU with its default firmware (SeaBIOS) and no boot disk: SeaBIOS brings the APs up
 and QEMU exits by itself after the failed boot (-no-reboot). With --all-ioctls every KVM_RUN
@@ -24,6 +25,21 @@ QEMU = [
 ]  # fmt: skip
 
 
+def io_loop_rom(iterations: int) -> bytes:
+    """A 64 KiB BIOS that executes `out 0x80, al` `iterations` times (each one a KVM_RUN exit
+    to QEMU) and then exits QEMU through isa-debug-exit at port 0xf4: a run with as many exits
+    as asked, for measuring what each recorded stop costs."""
+    rom = bytearray(b"\xf4" * 0x10000)  # hlt everywhere else
+    code = bytes(
+        [0xB9, iterations & 0xFF, iterations >> 8]  # mov cx, iterations
+        + [0xE6, 0x80, 0x49, 0x75, 0xFB]  # loop: out 0x80, al; dec cx; jnz loop
+        + [0xB0, 0x00, 0xE6, 0xF4, 0xF4]  # mov al, 0; out 0xf4, al (exit); hlt
+    )
+    rom[0xE000 : 0xE000 + len(code)] = code
+    rom[0xFFF0:0xFFF5] = bytes([0xEA, 0x00, 0xE0, 0x00, 0xF0])  # reset: jmp far f000:e000
+    return bytes(rom)
+
+
 def timed(argv) -> tuple[float, str]:
     start = time.monotonic()
     done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -41,11 +57,23 @@ def main() -> int:
         default=0,
         help="let SeaBIOS show its boot menu this long first: a longer run, more KVM_RUN exits",
     )
+    parser.add_argument(
+        "--io-loop",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of SeaBIOS, a BIOS doing N port writes (N KVM_RUN exits, up to 65535)",
+    )
     args = parser.parse_args()
     qemu = QEMU + ["-smp", str(args.smp)]
     if args.menu_ms:
         at = qemu.index("menu=off,reboot-timeout=0")
         qemu[at] = f"menu=on,splash-time={args.menu_ms},reboot-timeout=0"
+    if args.io_loop:
+        rom = os.path.join(tempfile.mkdtemp(), "io-loop.bin")
+        with open(rom, "wb") as out:
+            out.write(io_loop_rom(args.io_loop))
+        qemu += ["-bios", rom, "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
     out = os.path.join(tempfile.mkdtemp(), "rec.yaml")
     record = [sys.executable, "-m", "kvmtest", "record", "-o", out]
     record += ["--all-ioctls"] if args.all_ioctls else []
