@@ -379,6 +379,12 @@ class KvmSide:
         so for `quiet` seconds (or `timeout` runs out); return the reports, keyed
         (vcpu, "report"), and (vcpu, "thread"): "blocked" or "running" for the busy ones."""
         out: dict = {}
+        if not any(worker.busy for worker in self.workers.values()):
+            # No vCPU thread is inside KVM_RUN, so nothing can report or wake: a worker puts
+            # its report before it turns idle, so this drain sees every report there is.
+            self._drain_reports(out)
+            if not any(worker.busy for worker in self.workers.values()):
+                return out
         deadline = time.monotonic() + timeout
         quiet_since = None
         while True:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import reference
@@ -31,6 +32,7 @@ from .manuals import Specify
 from .result import Mismatch, Status, StepRecord, TraceResult
 
 MISSING = "absent"
+_NOTHING = object()
 
 
 @dataclass
@@ -82,17 +84,29 @@ class _Judge:
 
     def compare(self, index: int, step, expected: dict, observed: dict) -> None:
         result = self.result
-        for key in sorted(expected.keys() | observed.keys(), key=_key_order):
-            vcpu, field = key
-            default = "none" if field == "report" else MISSING
-            want, got = expected.get(key, default), observed.get(key, default)
+        differ = []
+        skipped = 0
+        for key, want in expected.items():  # the common case first: no sort, no set
             if want is GUEST:
                 result.not_compared += 1  # the guest ran code: the model does not know
+                skipped += 1
                 continue
             if want is reference.UNSPECIFIED:
                 result.unspecified += 1  # an architectural profile: the manuals do not say
+                skipped += 1
                 continue
-            result.compared += 1
+            got = observed.get(key, _NOTHING)
+            if got is _NOTHING:
+                got = "none" if key[1] == "report" else MISSING
+            if want != got:
+                differ.append((key, want, got))
+        extra = 0
+        for key, got in observed.items():
+            if key not in expected:
+                extra += 1
+                differ.append((key, "none" if key[1] == "report" else MISSING, got))
+        result.compared += len(expected) - skipped + extra
+        for (vcpu, field), want, got in sorted(differ, key=lambda d: _key_order(d[0])):
             if want != got:
                 result.mismatches.append(
                     Mismatch(index, self.trace.location(step), vcpu, field, want, got)
@@ -151,9 +165,13 @@ def run_trace(
     real = None
     index, step = 0, None
     judge = _Judge(trace, result)
+    cached = None if timeline else _cached_predictions(trace, profile, host)
+    predictions: list = []
     try:
-        system = System(trace.setup, profile, host.flavour, host.cpuid_1_eax, host.smm)
-        model = Sequential(system)
+        system = model = None
+        if cached is None:
+            system = System(trace.setup, profile, host.flavour, host.cpuid_1_eax, host.smm)
+            model = Sequential(system)
         if host.backend == "kvm":
             from kvmtest.exec.kvm import KvmSide
 
@@ -166,11 +184,15 @@ def run_trace(
             if step.kind == "concurrently":
                 _concurrent(trace, index, step, system, real, profile, host, result, check_pins)
                 break  # the block's outcome includes the steps after it
-            if spec is not None:
-                spec.before(system.machine, step)
-            predicted = model.perform(step)
-            if spec is not None:
-                predicted = spec.apply(system.machine, step, predicted)
+            if cached is not None:
+                predicted = cached[index]
+            else:
+                if spec is not None:
+                    spec.before(system.machine, step)
+                predicted = model.perform(step)
+                if spec is not None:
+                    predicted = spec.apply(system.machine, step, predicted)
+            predictions.append(predicted)
             if check_pins and step.kind == "observe":
                 judge.check_pins(index, step, predicted)
             observed = None
@@ -182,6 +204,8 @@ def run_trace(
                 result.timeline.append(
                     _record(trace, index, step, system, predicted, observed, real)
                 )
+        if cached is None and not timeline:
+            _store_predictions(trace, profile, host, predictions)
     except Cancelled as exc:
         _error(result, trace, index, step, str(exc))
     except reference.ModelError as exc:
@@ -225,13 +249,41 @@ def _record(trace, index, step, system, predicted, observed, real) -> StepRecord
     )
 
 
-_EXPLORATIONS: dict = {}
+_CACHE_SIZE = 4096  # entries per cache and process: a fuzzer's stream of new traces is bounded
+_EXPLORATIONS: OrderedDict = OrderedDict()
 _EXPLORATIONS_LOCK = threading.Lock()
+_PREDICTIONS: OrderedDict = OrderedDict()  # id(trace), profile, host facts -> (trace, [dict])
+_PREDICTIONS_LOCK = threading.Lock()
+
+
+def _remember(cache: OrderedDict, key, value) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+
+
+def _cached_predictions(trace, profile, host):
+    """The sequential predictions of an earlier run of this very trace object (--repeat, a
+    fuzzer's re-runs), or None. The entry keeps the trace alive, so its id is not reused."""
+    key = (id(trace), profile, host.flavour, host.cpuid_1_eax, host.smm)
+    with _PREDICTIONS_LOCK:
+        entry = _PREDICTIONS.get(key)
+    if entry is None or entry[0] is not trace:
+        return None
+    return entry[1]
+
+
+def _store_predictions(trace, profile, host, predictions) -> None:
+    key = (id(trace), profile, host.flavour, host.cpuid_1_eax, host.smm)
+    with _PREDICTIONS_LOCK:
+        _remember(_PREDICTIONS, key, (trace, predictions))
 
 
 def _explore(trace, profile, system, host):
     """The block's allowed outcomes, explored once per (trace, profile, host facts) and cached:
-    --repeat runs the same exploration thousands of times otherwise."""
+    --repeat runs the same exploration thousands of times otherwise. `system`: the model after
+    the steps before the block, or None when the predictions came from the cache."""
     key = (
         trace.path,
         trace.name,
@@ -244,10 +296,17 @@ def _explore(trace, profile, system, host):
     with _EXPLORATIONS_LOCK:
         cached = _EXPLORATIONS.get(key)
     if cached is None:
+        if system is None:  # evicted meanwhile: replay the model up to the block
+            system = System(trace.setup, profile, host.flavour, host.cpuid_1_eax, host.smm)
+            model = Sequential(system)
+            for step in trace.steps:
+                if step.kind == "concurrently":
+                    break
+                model.perform(step)
         explorer = Explorer(trace, profile, host.flavour, host.smm, host.cpuid_1_eax)
         cached = explorer.run(prefix=system)
         with _EXPLORATIONS_LOCK:
-            _EXPLORATIONS[key] = cached
+            _remember(_EXPLORATIONS, key, cached)
     return cached
 
 
