@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from kvmtest import ops as f
+from kvmtest import pool
 from kvmtest.trace.engine import HostContext, run_trace
 from kvmtest.trace.errors import TraceError
 from kvmtest.trace.load import find_trace_files, load_trace
@@ -160,6 +161,7 @@ def run_all(
     on_result=None,
     timeline=False,
     stop=None,
+    processes=None,
 ) -> list:
     """Run every (trace, repetition); results in corpus order.
 
@@ -167,9 +169,17 @@ def run_all(
     the runner threads, in completion order): the KTAP stream prints from there. With
     `timeline`, each result keeps its StepRecords (run -v, kvmtest show). Setting `stop` (a
     threading.Event: Ctrl-C, SIGTERM) starts no further trace and cancels those in flight; the
-    results that completed come back, still in corpus order.
+    results that completed come back, still in corpus order. The `jobs` traces run at once on
+    `processes` forked processes (default: kvmtest.pool.default_processes) of jobs / processes
+    threads each.
     """
     work = [(i, r, t) for i, t in enumerate(traces) for r in range(repeat)]
+    if processes is None:
+        processes = pool.default_processes(jobs)
+    if min(processes, len(work)) > 1:
+        return _run_in_processes(
+            work, profile, context, jobs, timeout, progress, on_result, timeline, stop, processes
+        )
     results: dict = {}
     failures: list = []
     lock = threading.Lock()
@@ -224,6 +234,37 @@ def run_all(
                 results[(i, r)] = _harness_error(
                     trace, profile, context, r, RuntimeError("its runner thread ended early")
                 )
+    return [results[(i, r)] for i, r, _ in work if (i, r) in results]
+
+
+def _run_in_processes(
+    work, profile, context, jobs, timeout, progress, on_result, timeline, stop, processes
+) -> list:
+    """run_all over kvmtest.pool: the same results, in corpus order; progress and on_result
+    are called on the caller's thread as results arrive."""
+
+    def one(item):
+        _, rep, trace = item
+        return _run_with_deadline(trace, profile, context, rep, timeout, timeline)
+
+    processes = min(processes, len(work))
+    threads = -(-jobs // processes)
+    by_key = {(i, r): t for i, r, t in work}
+    results: dict = {}
+    with pool.Pool(one, processes, threads) as workers:
+        for i, r, trace in work:
+            workers.submit((i, r), (i, r, trace))
+        for _ in work:
+            if stop is not None and stop.is_set():
+                break  # the children are stopped by the pool's close; in-flight traces end
+            key, result = workers.get()
+            if isinstance(result, pool.PoolError) or result is None:
+                result = _harness_error(by_key[key], profile, context, key[1], result)
+            results[key] = result
+            if progress is not None:
+                progress.advance(result)
+            if on_result is not None:
+                on_result(result)
     return [results[(i, r)] for i, r, _ in work if (i, r) in results]
 
 

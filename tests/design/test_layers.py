@@ -27,11 +27,16 @@ LAYERS = [
             "kvmtest.record",
             "kvmtest.findings_doc",
             "kvmtest.mutate",
+            "kvmtest.fuzz",
         ],
         "kernel matrix, generated coverage table, generated answers and findings pages; "
-        "recording a VMM; mutation testing",
+        "recording a VMM; mutation testing; differential fuzzer",
     ),
-    ("suite", ["kvmtest.suite"], "many traces: selection, backends, jobs, timeouts"),
+    (
+        "suite",
+        ["kvmtest.suite", "kvmtest.pool"],
+        "many traces: selection, backends, jobs (processes and threads), timeouts",
+    ),
     ("report", ["kvmtest.report"], "text, KTAP, JSON, JUnit of a run's results"),
     ("trace", ["kvmtest.trace"], "load, dump, run_trace (predict, perform, compare), results"),
     (
