@@ -136,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=("table", "profiles", "dot"), default="table", help="what to print"
     )
 
+    from kvmtest.cli import fuzz as fuzz_command
+
+    fuzz_command.add_parsers(commands, _positive)
+
     from kvmtest.cli import show as show_command
     from kvmtest.matrix import cli as matrix_command
     from kvmtest.mutate import cli as mutate_command
@@ -260,6 +264,14 @@ def main(argv=None) -> int:
             from kvmtest.cli import explore
 
             return explore.main(args)
+        if args.command in ("fuzz", "diff-profiles"):
+            from kvmtest.cli import fuzz
+
+            try:
+                return fuzz.main(args) if args.command == "fuzz" else fuzz.diff_profiles(args)
+            except UsageError as exc:
+                print(f"kvmtest {args.command}: {exc}", file=sys.stderr)
+                return EXIT_USAGE
         from kvmtest.cli import run as run_commands
 
         try:

@@ -1,0 +1,299 @@
+"""`kvmtest fuzz`: random traces judged by the model on real KVM (or the model against itself),
+each divergence confirmed, shrunk and written as a ready regression trace.
+
+The search runs on kvmtest.pool (forked processes, threads in each): every child generates its
+own traces from (seed, index), so nothing but a few numbers crosses a pipe per trace. A
+divergence (FAIL or ERROR) comes back by index; the parent regenerates that trace, re-runs it
+CONFIRM times and shrinks it only if it fails every time with the same signature (the field
+or error of its first mismatch); otherwise it is reported as flaky, with the trace, never
+dropped. Coverage is the model's: one trace in COVERAGE_EVERY is replayed on the model under
+the profile and under one profile switch flipped (the switches in turn), which says which
+switches the traces could see, and which mp_state transitions they went through.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+
+import reference
+from kvmtest import pool
+from kvmtest.trace.dump import dump_trace
+from kvmtest.trace.engine import run_trace
+from kvmtest.trace.result import RunSummary, Status
+
+from .gen import random_trace
+from .predict import predict
+from .shrink import shrink, size
+
+CONFIRM = 3  # runs a divergence must fail, every time, to count as reproducible
+COVERAGE_EVERY = 4
+SHRINK_BUDGET = 120  # candidates tried per divergence (each run CONFIRM times)
+MAX_SHRUNK = 4  # distinct divergences shrunk per run; the rest are counted
+
+
+def trace_seed(seed: int, index: int) -> int:
+    return (seed << 32) + index
+
+
+def flips(profile: reference.Profile) -> list[tuple[str, object]]:
+    """One other value per switch (what coverage asks: would this switch change a prediction?)."""
+    out = []
+    for name, sw in reference.SWITCHES.items():
+        current = getattr(profile, name)
+        values = {getattr(p, name) for p in reference.PROFILES.values()} - {current}
+        if sw.kind == "bool":
+            values = {not current}
+        elif sw.kind == "enum":
+            values = set(sw.choices) - {current}
+        if values:
+            out.append((name, sorted(values, key=repr)[0]))
+    return out
+
+
+def signature(result) -> str:
+    if result.status is Status.FAIL:
+        m = result.mismatches[0]
+        return f"mismatch {m.field}"
+    return f"{result.status.name.lower()} {result.message.split(': ', 3)[-1][:80]}"
+
+
+@dataclass
+class Finding:
+    seed: int
+    signature: str
+    verdict: str  # "reproducible", "flaky"
+    trace: object
+    shrunk: object = None
+    tried: int = 0
+    runs: list = field(default_factory=list)  # statuses of the confirmation runs
+    result: object = None
+    files: tuple = ()
+
+
+@dataclass
+class FuzzReport:
+    seed: int
+    profile: str
+    backend: str
+    traces: int = 0
+    elapsed: float = 0.0
+    statuses: dict = field(default_factory=dict)
+    findings: list = field(default_factory=list)
+    repeated: dict = field(default_factory=dict)  # signature -> divergences not shrunk again
+    switches_seen: set = field(default_factory=set)
+    switches_sampled: set = field(default_factory=set)
+    transitions: set = field(default_factory=set)
+    kinds: dict = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.traces / self.elapsed if self.elapsed else 0.0
+
+
+class _Task:
+    """What a child does with one index: generate, run, and sometimes measure coverage."""
+
+    def __init__(self, seed, profile, context, flipped):
+        self.seed, self.profile, self.context, self.flipped = seed, profile, context, flipped
+
+    def __call__(self, index: int):
+        trace = random_trace(trace_seed(self.seed, index), profile=self.profile)
+        result = run_trace(trace, self.profile, self.context)
+        status = result.status
+        if self.context.backend == "reference":  # nothing pinned: the model against itself
+            broken = _model_invariants(trace, self.profile, self.context)
+            status = broken or (Status.ERROR if status is Status.ERROR else Status.PASS)
+        coverage = None
+        if index % COVERAGE_EVERY == 0 and self.flipped:
+            coverage = self._coverage(trace, index)
+        kinds = tuple(sorted({s.kind for s in trace.steps}))
+        sig = signature(result) if status in (Status.FAIL, Status.ERROR) else None
+        if not isinstance(status, Status):  # a broken invariant (reference backend)
+            sig, status = status, Status.FAIL
+        return status.name, sig, coverage, kinds
+
+    def _coverage(self, trace, index):
+        host = self.context
+        name, value = self.flipped[(index // COVERAGE_EVERY) % len(self.flipped)]
+        facts = (host.flavour, host.cpuid_1_eax, host.smm)
+        base, transitions = predict(trace, self.profile, *facts)
+        other, _ = predict(trace, replace(self.profile, **{name: value}), *facts)
+        return name, base != other, transitions
+
+
+def _model_invariants(trace, profile, host):
+    """The model against itself (the reference backend): a signature string if broken."""
+    from kvmtest.trace.load import parse_trace
+
+    text = dump_trace(trace)
+    if parse_trace(text, "<fuzz>") != trace:
+        return "invariant dump/load round trip"
+    outputs, _ = predict(trace, profile, host.flavour, host.cpuid_1_eax, host.smm)
+    if outputs and outputs[-1][0][0] == "refused":
+        message = outputs[-1][0][1]
+        if "busy with" not in message:  # the documented refusal: a command on a busy vCPU
+            return f"invariant model refused a valid trace: {message[:60]}"
+    again, _ = predict(trace, profile, host.flavour, host.cpuid_1_eax, host.smm)
+    if again != outputs:
+        return "invariant replay is not deterministic"
+    return None
+
+
+def confirm(trace, profile, context, sig, runs=CONFIRM):
+    """(every run failed with `sig`, statuses, the last result)."""
+    statuses, last = [], None
+    for _ in range(runs):
+        last = run_trace(trace, profile, context)
+        ok = last.status in (Status.FAIL, Status.ERROR) and signature(last) == sig
+        if context.backend == "reference":
+            ok = (last.status is Status.ERROR and signature(last) == sig) or (
+                _model_invariants(trace, profile, context) == sig
+            )
+        statuses.append("fails" if ok else last.status.name.lower())
+    return all(s == "fails" for s in statuses), statuses, last
+
+
+def fuzz(
+    seed: int,
+    profile,
+    context,
+    *,
+    budget: int | None = None,
+    time_limit: float | None = None,
+    jobs: int = 16,
+    processes: int | None = None,
+    outdir: str | None = None,
+    coverage: bool = True,
+    progress=None,
+) -> FuzzReport:
+    profile = reference.get_profile(profile)
+    report = FuzzReport(seed, profile.label, context.backend)
+    if budget is None and time_limit is None:
+        budget = 1000
+    flipped = flips(profile) if coverage else []
+    task = _Task(seed, profile, context, flipped)
+    processes = pool.default_processes(jobs) if processes is None else processes
+    threads = -(-jobs // max(1, processes))
+    divergent: list = []
+    start = time.perf_counter()
+    submitted = done = 0
+
+    def more() -> bool:
+        if budget is not None and submitted >= budget:
+            return False
+        return time_limit is None or time.perf_counter() - start < time_limit
+
+    with pool.Pool(task, processes, threads) as workers:
+        while more() and submitted < 2 * jobs:
+            workers.submit(submitted, submitted)
+            submitted += 1
+        while done < submitted:
+            index, value = workers.get()
+            done += 1
+            if isinstance(value, pool.PoolError):
+                value = ("ERROR", f"harness {value}", None, ())
+            status, sig, cov, kinds = value
+            report.statuses[status] = report.statuses.get(status, 0) + 1
+            for kind in kinds:
+                report.kinds[kind] = report.kinds.get(kind, 0) + 1
+            if sig is not None:
+                divergent.append((index, sig))
+            if cov is not None:
+                name, changed, transitions = cov
+                report.switches_sampled.add(name)
+                if changed:
+                    report.switches_seen.add(name)
+                report.transitions |= transitions
+            if progress is not None:
+                progress(done, report)
+            if more():
+                workers.submit(submitted, submitted)
+                submitted += 1
+    report.traces = done
+    report.elapsed = time.perf_counter() - start
+    shrunk_signatures: set = set()
+    for index, sig in divergent:
+        if sig in shrunk_signatures or len(report.findings) >= MAX_SHRUNK:
+            report.repeated[sig] = report.repeated.get(sig, 0) + 1
+            continue
+        shrunk_signatures.add(sig)
+        report.findings.append(_investigate(seed, index, sig, profile, context, outdir))
+    return report
+
+
+def _investigate(seed, index, sig, profile, context, outdir) -> Finding:
+    trace = random_trace(trace_seed(seed, index), profile=profile)
+    reproducible, runs, last = confirm(trace, profile, context, sig)
+    finding = Finding(trace_seed(seed, index), sig, "flaky", trace, runs=runs, result=last)
+    if reproducible:
+        finding.verdict = "reproducible"
+
+        def fails(candidate) -> bool:
+            return confirm(candidate, profile, context, sig)[0]
+
+        finding.shrunk, finding.tried = shrink(trace, fails, budget=SHRINK_BUDGET)
+        finding.shrunk = replace(
+            finding.shrunk,
+            name=f"fuzz-{seed}-{index}",
+            description=f"kvmtest fuzz --seed {seed}: trace {index}, shrunk; {sig}",
+        )
+        finding.result = run_trace(finding.shrunk, profile, context)
+    if outdir:
+        finding.files = write_finding(finding, profile, context, outdir)
+    return finding
+
+
+def write_finding(finding: Finding, profile, context, outdir) -> tuple:
+    from kvmtest import report as reports
+
+    os.makedirs(outdir, exist_ok=True)
+    trace = finding.shrunk or finding.trace
+    stem = os.path.join(outdir, f"{trace.name}{'' if finding.shrunk else '-flaky'}")
+    with open(stem + ".yaml", "w") as out:
+        out.write(dump_trace(trace))
+    result = finding.result or run_trace(trace, profile, context)
+    summary = RunSummary(
+        results=[result], host={}, profile=profile.label, backend=context.backend, elapsed=0.0
+    )
+    with open(stem + ".txt", "w") as out:
+        out.write(f"{finding.verdict}: {finding.signature}; confirmation runs: {finding.runs}\n")
+        out.write(reports.render_text(summary, verbose=True) + "\n")
+    return (stem + ".yaml", stem + ".txt")
+
+
+def render(report: FuzzReport) -> str:
+    lines = [
+        f"kvmtest fuzz --seed {report.seed}: {report.traces} traces in {report.elapsed:.1f} s "
+        f"({report.rate:.0f} traces/s), backend {report.backend}, profile {report.profile}",
+        "statuses: " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(report.statuses.items())),
+        "steps generated: " + ", ".join(f"{k} {v}" for k, v in sorted(report.kinds.items())),
+        f"coverage (model): {len(report.transitions)} mp_state transitions; "
+        f"{len(report.switches_seen)} of {len(report.switches_sampled)} sampled switches would "
+        "have changed a prediction"
+        + (f": {', '.join(sorted(report.switches_seen))}" if report.switches_seen else ""),
+    ]
+    unseen = sorted(report.switches_sampled - report.switches_seen)
+    if unseen:
+        lines.append(f"  switches no sampled trace could see: {', '.join(unseen)}")
+    for finding in report.findings:
+        what = finding.shrunk or finding.trace
+        lines.append(
+            f"{finding.verdict.upper()} divergence ({finding.signature}), seed {finding.seed}: "
+            f"{size(finding.trace)} steps"
+            + (
+                f" -> {size(finding.shrunk)} after {finding.tried} candidates"
+                if finding.shrunk
+                else ""
+            )
+            + (f"; runs {finding.runs}" if finding.verdict == "flaky" else "")
+            + (f"; written to {finding.files[0]}" if finding.files else "")
+        )
+        if not finding.files:
+            lines.append("  " + dump_trace(what).replace("\n", "\n  ").rstrip())
+    for sig, n in sorted(report.repeated.items()):
+        lines.append(f"  and {n} more divergences with signature {sig!r} (not shrunk again)")
+    if not report.findings:
+        lines.append("no divergence")
+    return "\n".join(lines)
