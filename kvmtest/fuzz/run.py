@@ -86,6 +86,7 @@ class FuzzReport:
     switches_sampled: set = field(default_factory=set)
     transitions: set = field(default_factory=set)
     kinds: dict = field(default_factory=dict)
+    unrelated: int = 0  # divergences `relevant` turned down
 
     @property
     def rate(self) -> float:
@@ -167,7 +168,11 @@ def fuzz(
     outdir: str | None = None,
     coverage: bool = True,
     progress=None,
+    relevant=None,
+    max_shrunk: int = MAX_SHRUNK,
 ) -> FuzzReport:
+    """Run the search; `relevant(trace)`, if given, must hold for a divergence to be shrunk
+    (and for every shrink step): e.g. "the flipped switch changes the model's prediction"."""
     profile = reference.get_profile(profile)
     report = FuzzReport(seed, profile.label, context.backend)
     if budget is None and time_limit is None:
@@ -215,15 +220,20 @@ def fuzz(
     report.elapsed = time.perf_counter() - start
     shrunk_signatures: set = set()
     for index, sig in divergent:
-        if sig in shrunk_signatures or len(report.findings) >= MAX_SHRUNK:
+        if sig in shrunk_signatures or len(report.findings) >= max_shrunk:
             report.repeated[sig] = report.repeated.get(sig, 0) + 1
             continue
+        if relevant is not None and not relevant(
+            random_trace(trace_seed(seed, index), profile=profile)
+        ):
+            report.unrelated += 1
+            continue
         shrunk_signatures.add(sig)
-        report.findings.append(_investigate(seed, index, sig, profile, context, outdir))
+        report.findings.append(_investigate(seed, index, sig, profile, context, outdir, relevant))
     return report
 
 
-def _investigate(seed, index, sig, profile, context, outdir) -> Finding:
+def _investigate(seed, index, sig, profile, context, outdir, relevant=None) -> Finding:
     trace = random_trace(trace_seed(seed, index), profile=profile)
     reproducible, runs, last = confirm(trace, profile, context, sig)
     finding = Finding(trace_seed(seed, index), sig, "flaky", trace, runs=runs, result=last)
@@ -231,6 +241,8 @@ def _investigate(seed, index, sig, profile, context, outdir) -> Finding:
         finding.verdict = "reproducible"
 
         def fails(candidate) -> bool:
+            if relevant is not None and not relevant(candidate):
+                return False
             return confirm(candidate, profile, context, sig)[0]
 
         finding.shrunk, finding.tried = shrink(trace, fails, budget=SHRINK_BUDGET)
