@@ -30,6 +30,7 @@ from .shrink import shrink, size
 CONFIRM = 3  # runs a divergence must fail, every time, to count as reproducible
 COVERAGE_EVERY = 4
 SHRINK_BUDGET = 120  # candidates tried per divergence (each run CONFIRM times)
+SHRINK_SECONDS = 40.0  # and at most this long per divergence
 MAX_SHRUNK = 4  # distinct divergences shrunk per run; the rest are counted
 
 
@@ -245,7 +246,9 @@ def _investigate(seed, index, sig, profile, context, outdir, relevant=None) -> F
                 return False
             return confirm(candidate, profile, context, sig)[0]
 
-        finding.shrunk, finding.tried = shrink(trace, fails, budget=SHRINK_BUDGET)
+        finding.shrunk, finding.tried = shrink(
+            trace, fails, budget=SHRINK_BUDGET, seconds=SHRINK_SECONDS
+        )
         finding.shrunk = replace(
             finding.shrunk,
             name=f"fuzz-{seed}-{index}",

@@ -126,15 +126,21 @@ def size(trace: f.Trace) -> int:
     )
 
 
-def shrink(trace: f.Trace, fails, budget: int = 400) -> tuple[f.Trace, int]:
-    """(the smallest failing trace found, candidates tried); `fails(trace) -> bool`."""
+def shrink(
+    trace: f.Trace, fails, budget: int = 400, seconds: float | None = None
+) -> tuple[f.Trace, int]:
+    """(the smallest failing trace found, candidates tried); `fails(trace) -> bool`. Stops
+    after `budget` candidates or `seconds` (a trace that hangs costs seconds per run)."""
+    import time
+
+    end = None if seconds is None else time.monotonic() + seconds
     tried = 0
     current = trace
     progress = True
     while progress and tried < budget:
         progress = False
         for candidate in candidates(current):
-            if tried >= budget:
+            if tried >= budget or (end is not None and time.monotonic() > end):
                 break
             if not valid(candidate):
                 continue
