@@ -21,14 +21,16 @@ never a hang.
 
 from __future__ import annotations
 
+import collections
 import multiprocessing
 import os
 import queue
 import threading
+from multiprocessing import connection
 
 
 class PoolError(Exception):
-    """A task raised, or a worker process died."""
+    """A task raised, or the worker process running it died."""
 
 
 def default_processes(jobs: int) -> int:
@@ -41,9 +43,17 @@ def default_processes(jobs: int) -> int:
 
 
 def _child(function, threads: int, tasks, results) -> None:
+    """One reader of its own task pipe, `threads` workers, answers on its own result pipe
+    (sent synchronously: nothing is buffered in a thread that a crash could lose)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    local: queue.Queue = queue.Queue()
+    lock = threading.Lock()
+
     def loop() -> None:
         while True:
-            task = tasks.get()
+            task = local.get()
             if task is None:
                 return
             key, item = task
@@ -51,68 +61,128 @@ def _child(function, threads: int, tasks, results) -> None:
                 value = function(item)
             except BaseException as exc:  # handed to the parent
                 value = PoolError(f"{type(exc).__name__}: {exc}")
-            results.put((key, value))
+            with lock:
+                try:
+                    results.send((key, value))
+                except Exception as exc:  # an unpicklable value
+                    results.send((key, PoolError(f"result not sent: {exc}")))
 
     workers = [threading.Thread(target=loop, daemon=True) for _ in range(threads)]
     for worker in workers:
         worker.start()
+    while True:
+        try:
+            task = tasks.recv()
+        except (EOFError, OSError):
+            break
+        if task is None:
+            break
+        local.put(task)
+    for _ in workers:
+        local.put(None)
     for worker in workers:
         worker.join()
-    results.close()
-    results.join_thread()
+
+
+class _Child:
+    def __init__(self, context, function, threads: int, n: int):
+        task_r, self.tasks = context.Pipe(duplex=False)
+        self.results, result_w = context.Pipe(duplex=False)
+        self.process = context.Process(
+            target=_child,
+            args=(function, threads, task_r, result_w),
+            daemon=True,
+            name=f"kvmtest-pool-{n}",
+        )
+        self.process.start()
+        task_r.close()
+        result_w.close()  # only the child holds the write end: its death is an EOF here
+        self.assigned: dict = {}
 
 
 class Pool:
     def __init__(self, function, processes: int, threads: int):
-        context = multiprocessing.get_context("fork")
-        self._tasks = context.Queue()
-        self._results = context.Queue()
+        self._context = multiprocessing.get_context("fork")
+        self._function = function
         self._threads = max(1, threads)
-        self._processes = [
-            context.Process(
-                target=_child,
-                args=(function, self._threads, self._tasks, self._results),
-                daemon=True,
-                name=f"kvmtest-pool-{n}",
-            )
-            for n in range(max(1, processes))
-        ]
-        for process in self._processes:
-            process.start()
+        self._pending: collections.deque = collections.deque()
+        self._lost: list = []  # (key, PoolError) of tasks whose child died
+        self.deaths = 0
+        self._children = [self._spawn(n) for n in range(max(1, processes))]
         self._closed = False
 
+    def _spawn(self, n: int) -> _Child:
+        return _Child(self._context, self._function, self._threads, n)
+
     def submit(self, key, item) -> None:
-        self._tasks.put((key, item))
+        self._pending.append((key, item))
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand pending tasks to the least loaded children, at most 2 x threads each."""
+        while self._pending:
+            child = min(self._children, key=lambda c: len(c.assigned))
+            if len(child.assigned) >= 2 * self._threads:
+                return
+            key, item = self._pending.popleft()
+            child.assigned[key] = item
+            child.tasks.send((key, item))
 
     def get(self, timeout: float | None = None):
         """(key, value) of the next finished task; PoolError values are returned, not raised."""
         waited = 0.0
         while True:
-            try:
-                return self._results.get(timeout=0.5)
-            except queue.Empty:
+            if self._lost:
+                return self._lost.pop(0)
+            ready = connection.wait([c.results for c in self._children], timeout=0.5)
+            if not ready:
                 waited += 0.5
-                dead = [p for p in self._processes if p.exitcode not in (None, 0)]
-                if dead:
-                    raise PoolError(
-                        f"worker process {dead[0].name} died (exit code {dead[0].exitcode})"
-                    ) from None
                 if timeout is not None and waited >= timeout:
-                    raise TimeoutError(f"no result from the pool for {timeout:g} s") from None
+                    raise TimeoutError(f"no result from the pool for {timeout:g} s")
+                continue
+            for n, child in enumerate(self._children):
+                if child.results not in ready:
+                    continue
+                try:
+                    key, value = child.results.recv()
+                except (EOFError, OSError):
+                    self._replace(n, child)
+                    break
+                child.assigned.pop(key, None)
+                self._dispatch()
+                return key, value
+
+    def _replace(self, n: int, child: _Child) -> None:
+        """A child that died (SIGSEGV in C, say): its tasks become PoolErrors, a new child
+        takes its place, the run goes on."""
+        child.process.join(5)
+        self.deaths += 1
+        code = child.process.exitcode
+        for key in child.assigned:
+            self._lost.append(
+                (key, PoolError(f"the worker process running it died (exit code {code})"))
+            )
+        child.tasks.close()
+        child.results.close()
+        self._children[n] = self._spawn(n)
+        self._dispatch()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for _ in range(len(self._processes) * self._threads):
-            self._tasks.put(None)
-        for process in self._processes:
-            process.join(5)
-            if process.is_alive():
-                process.kill()
-                process.join(1)
-        self._tasks.close()
-        self._results.close()
+        for child in self._children:
+            try:
+                child.tasks.send(None)
+            except OSError:
+                pass
+        for child in self._children:
+            child.process.join(5)
+            if child.process.is_alive():
+                child.process.kill()
+                child.process.join(1)
+            child.tasks.close()
+            child.results.close()
 
     def __enter__(self) -> Pool:
         return self

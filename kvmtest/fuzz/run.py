@@ -199,7 +199,7 @@ def fuzz(
             index, value = workers.get()
             done += 1
             if isinstance(value, pool.PoolError):
-                value = ("ERROR", f"harness {value}", None, ())
+                value = ("ERROR", f"crash {value}", None, ())
             status, sig, cov, kinds = value
             report.statuses[status] = report.statuses.get(status, 0) + 1
             for kind in kinds:
@@ -236,6 +236,15 @@ def fuzz(
 
 def _investigate(seed, index, sig, profile, context, outdir, relevant=None) -> Finding:
     trace = random_trace(trace_seed(seed, index), profile=profile)
+    if sig.startswith("crash"):  # re-running it here could take the fuzzer down with it
+        finding = Finding(trace_seed(seed, index), sig, "crashed", trace)
+        if outdir:
+            os.makedirs(outdir, exist_ok=True)
+            path = os.path.join(outdir, f"{trace.name}-crashed.yaml")
+            with open(path, "w") as out:
+                out.write(dump_trace(trace))
+            finding.files = (path,)
+        return finding
     reproducible, runs, last = confirm(trace, profile, context, sig)
     finding = Finding(trace_seed(seed, index), sig, "flaky", trace, runs=runs, result=last)
     if reproducible:
