@@ -5,9 +5,10 @@ a mix weighted towards INIT/SIPI sequences and observations, now and then a conc
 is reproducible from `--seed` and a child process can generate its own share. Every trace is
 valid as the loader defines valid (tests/fuzz: dump, load back equal).
 
-Not generated yet: register/LAPIC steps and snapshot/restore (another issue adds them to
-kvmtest.ops; add them to _host_op when they exist), smp-boot guests (slow: a whole boot per
-trace), and expect pins (the model's prediction is the judge).
+Register, MSR and LAPIC steps (set_regs, set_sregs, set_msrs, set_lapic with registers) are
+drawn by _host_op. Not generated: snapshot/restore (not in kvmtest.ops yet: add it to _host_op
+when it exists), guest_ran (recordings only), smp-boot guests (slow: a whole boot per trace),
+and expect pins (the model's prediction is the judge).
 """
 
 from __future__ import annotations
@@ -115,9 +116,19 @@ def _host_op(rng, n: int, x2apic: bool):
             rng.randint(0, 1) if pick() < 0.5 else None,
             rng.randint(0, 1) if pick() < 0.3 else None,
         )
-    if r < 0.9:
+    if r < 0.88:
         return f.SetLapic(v)
-    if r < 0.95:
+    if r < 0.9:  # SPIV software-enable off/on, or a logical ID (rules 34, 37)
+        reg = rng.choice([("spiv", rng.choice([0xFF, 0x1FF])), ("ldr", 1 << (24 + v))])
+        return f.SetLapic(v, (reg,))
+    if r < 0.92:
+        return f.SetRegs(v, (("rip", rng.choice([0, 0xFFF0, 0x1000])),))
+    if r < 0.93:
+        return f.SetSregs(v, (("cs.selector", 0x1000), ("cs.base", 0x10000)))
+    if r < 0.95:  # the BSP bit moved, x2APIC mode toggled (rule 11, d.7.9)
+        base = 0xFEE00000 | (1 << 11) | rng.choice([0, 1 << 8, 1 << 10, (1 << 8) | (1 << 10)])
+        return f.SetMsrs(v, (("apic_base", base),))
+    if r < 0.975:
         return f.Nmi(v)
     return f.Smi(v)
 
