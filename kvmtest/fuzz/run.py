@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import reference
 from kvmtest import pool
+from kvmtest.suite import run_one
 from kvmtest.trace.dump import dump_trace
 from kvmtest.trace.engine import run_trace
 from kvmtest.trace.result import RunSummary, Status
@@ -27,6 +28,7 @@ from .gen import random_trace
 from .predict import predict
 from .shrink import shrink, size
 
+TRACE_TIMEOUT = 20.0  # seconds: a hung trace is an ERROR, not the end of the search
 CONFIRM = 3  # runs a divergence must fail, every time, to count as reproducible
 COVERAGE_EVERY = 4
 SHRINK_BUDGET = 120  # candidates tried per divergence (each run CONFIRM times)
@@ -102,7 +104,7 @@ class _Task:
 
     def __call__(self, index: int):
         trace = random_trace(trace_seed(self.seed, index), profile=self.profile)
-        result = run_trace(trace, self.profile, self.context)
+        result = run_one(trace, self.profile, self.context, timeout=TRACE_TIMEOUT)
         status = result.status
         if self.context.backend == "reference":  # nothing pinned: the model against itself
             broken = _model_invariants(trace, self.profile, self.context)
@@ -147,7 +149,7 @@ def confirm(trace, profile, context, sig, runs=CONFIRM):
     """(every run failed with `sig`, statuses, the last result)."""
     statuses, last = [], None
     for _ in range(runs):
-        last = run_trace(trace, profile, context)
+        last = run_one(trace, profile, context, timeout=TRACE_TIMEOUT)
         ok = last.status in (Status.FAIL, Status.ERROR) and signature(last) == sig
         if context.backend == "reference":
             ok = (last.status is Status.ERROR and signature(last) == sig) or (
