@@ -10,6 +10,7 @@ import platform
 from dataclasses import asdict, dataclass, field
 
 from reference import ModelError
+from reference.regs import SEGMENT_TYPES
 
 # Capabilities kvmtest uses, and whether full conformance mode needs them.
 CAPABILITIES = [
@@ -33,6 +34,12 @@ BACKENDS = ("kvm_intel", "kvm_amd", "kvm_pvm")
 # The register-image flavour the reference model uses for each backend (kvm_pvm reports
 # VMX-like segment types: docs/host-findings.md#backend).
 FLAVOURS = {"kvm_intel": "vmx", "kvm_amd": "svm", "kvm_pvm": "pvm"}
+# What a fresh vCPU's KVM_GET_SREGS reports as (CS, SS, TR) types, per vendor family
+# (reference/regs.py SEGMENT_TYPES, docs/semantics.md#d7-13): the calibration probe.
+RESET_TYPES = {
+    "vmx": tuple(SEGMENT_TYPES["vmx"][s] for s in ("cs", "ss", "tr")),
+    "svm": tuple(SEGMENT_TYPES["svm"][s] for s in ("cs", "ss", "tr")),
+}
 
 
 @dataclass
@@ -45,6 +52,11 @@ class HostInfo:
     binding: bool = False
     api_version: int | None = None
     backend: str = "unknown"
+    # How the backend (and so the flavour) was decided, in words (kvmtest doctor), the vendor
+    # modules /sys/module lists, and the (cs, ss, tr) types a fresh vCPU reported.
+    backend_decided_by: str = ""
+    vendor_modules: list = field(default_factory=list)
+    reset_segment_types: dict | None = None
     capabilities: dict = field(default_factory=dict)
     x2apic: bool | None = None
     problems: list = field(default_factory=list)
@@ -78,11 +90,78 @@ def default_profile(release: str) -> str:
     return profile_for_release(release).name
 
 
-def detect_backend(sys_module: str = "/sys/module") -> str:
-    for name in BACKENDS:
-        if os.path.isdir(os.path.join(sys_module, name)):
-            return name
-    return "unknown"
+def vendor_modules(sys_module: str = "/sys/module") -> list:
+    """The vendor modules /sys/module lists. A built-in module with parameters is listed even
+    when its init failed (a kernel with kvm_intel and kvm_amd both =y, under TCG: only
+    kvm_amd registered), so this alone does not say which vendor KVM runs."""
+    return [name for name in BACKENDS if os.path.isdir(os.path.join(sys_module, name))]
+
+
+def reset_segment_types(device: str | None = None) -> tuple | None:
+    """(CS, SS, TR) types of a fresh vCPU's KVM_GET_SREGS, or None if KVM cannot say.
+
+    The calibration probe: the vendor code that registered with KVM writes the reset image
+    (vmx_vcpu_reset / init_vmcb), and the types differ (VMX 0xb/3/0xb, SVM 0xa/2/3)."""
+    try:
+        from kvmtest import kvm as binding
+
+        if not binding.available():
+            return None
+        with binding.Kvm(device or binding.DEVICE) as kvm, kvm.create_vm() as vm:
+            sregs = vm.create_vcpu(0).get_sregs()
+            return (sregs.cs.type, sregs.ss.type, sregs.tr.type)
+    except (OSError, RuntimeError):  # KvmError, BindingUnavailable, no device or no access
+        return None
+
+
+class VendorDecision(tuple):
+    """(backend, how it was decided)."""
+
+    def __new__(cls, backend: str, how: str):
+        return super().__new__(cls, (backend, how))
+
+    backend = property(lambda self: self[0])
+    how = property(lambda self: self[1])
+
+
+def decide_backend(modules: list, types: tuple | None) -> VendorDecision:
+    """The vendor backend from what KVM reported (``types``) and what /sys/module lists.
+
+    The probe decides between the SVM and the VMX family; /sys/module only names the member
+    of the family (kvm_intel or kvm_pvm, which both report VMX types). Without a probe the
+    first module listed is all there is, and the decision says so."""
+    listed = ", ".join(modules) or "none"
+    if types is None:
+        backend = modules[0] if modules else "unknown"
+        return VendorDecision(
+            backend, f"/sys/module only ({listed}): KVM could not be asked (no usable /dev/kvm)"
+        )
+    shown = "/".join(f"{t:#x}" for t in types)
+    family = next((f for f, t in RESET_TYPES.items() if t == types), None)
+    if family is None:
+        backend = modules[0] if modules else "unknown"
+        return VendorDecision(
+            backend,
+            f"/sys/module ({listed}): a fresh vCPU's CS/SS/TR types {shown} match neither "
+            "VMX nor SVM",
+        )
+    if family == "svm":
+        backend = "kvm_amd"
+    else:
+        backend = next((m for m in ("kvm_pvm", "kvm_intel") if m in modules), "kvm_intel")
+    ignored = [m for m in modules if m != backend]
+    note = f"; {', '.join(ignored)} listed but not what KVM runs" if ignored else ""
+    return VendorDecision(
+        backend,
+        f"probe: a fresh vCPU reports CS/SS/TR types {shown} ({family.upper()}); "
+        f"/sys/module lists {listed}{note}",
+    )
+
+
+def detect_backend(sys_module: str = "/sys/module", device: str | None = None) -> str:
+    """The vendor backend KVM runs (kvm_intel, kvm_amd, kvm_pvm or unknown): decided by the
+    calibration probe where /dev/kvm is usable, by /sys/module alone otherwise."""
+    return decide_backend(vendor_modules(sys_module), reset_segment_types(device)).backend
 
 
 def probe(device: str | None = None) -> HostInfo:
@@ -90,7 +169,7 @@ def probe(device: str | None = None) -> HostInfo:
 
     device = device or binding.DEVICE
     info = HostInfo(kernel=platform.release(), machine=platform.machine(), device=device)
-    info.backend = detect_backend()
+    info.vendor_modules = vendor_modules()
     info.binding = binding.available()
     info.device_present = os.path.exists(device)
     info.device_access = info.device_present and os.access(device, os.R_OK | os.W_OK)
@@ -100,21 +179,21 @@ def probe(device: str | None = None) -> HostInfo:
             "install the kernel headers and a compiler (Debian: apt-get install linux-libc-dev "
             "gcc python3-dev), then reinstall kvmtest"
         )
-        return info
+        return _decide(info, None)
     if not info.device_present:
         info.problems.append(f"{device} does not exist")
         info.advice.append(
             "load KVM (modprobe kvm_intel or kvm_amd), enable virtualisation in the firmware, "
             "or in a VM enable nested virtualisation; until then use --backend reference"
         )
-        return info
+        return _decide(info, None)
     if not info.device_access:
         info.problems.append(f"no read/write permission on {device}")
         info.advice.append(
             f"add yourself to the group owning {device} (usually 'kvm': "
             "sudo usermod -aG kvm $USER, then log in again), or run as root"
         )
-        return info
+        return _decide(info, None)
     try:
         with binding.Kvm(device) as kvm:
             info.api_version = kvm.get_api_version()
@@ -136,4 +215,13 @@ def probe(device: str | None = None) -> HostInfo:
             info.advice.append("check dmesg for KVM errors")
     if info.api_version is not None and info.api_version != binding.lib.KVM_API_VERSION:
         info.problems.append(f"KVM API version {info.api_version}, expected 12")
+    _decide(info, reset_segment_types(device) if not info.problems else None)
+    return info
+
+
+def _decide(info: HostInfo, types: tuple | None) -> HostInfo:
+    decision = decide_backend(info.vendor_modules, types)
+    info.backend, info.backend_decided_by = decision
+    if types is not None:
+        info.reset_segment_types = dict(zip(("cs", "ss", "tr"), types, strict=True))
     return info

@@ -21,6 +21,7 @@ def render_text(info) -> str:
         + ("absent" if not info.device_present else "rw ok" if info.device_access else "no access"),
         f"KVM API version   {info.api_version if info.api_version is not None else '-'}",
         f"vendor backend    {info.backend} (model flavour {info.flavour})",
+        f"  decided by      {info.backend_decided_by or '-'}",
         f"x2APIC for guests {'-' if info.x2apic is None else 'yes' if info.x2apic else 'no'}",
         f"model profile     {_profile_line(info.kernel)}",
     ]

@@ -24,10 +24,17 @@ def test_doctor_describes_this_host():
     assert info["full_mode"] and info["api_version"] == 12
     assert info["kernel"] == os.uname().release
     backends = [b for b in ("kvm_intel", "kvm_amd", "kvm_pvm") if os.path.isdir(f"/sys/module/{b}")]
-    assert info["backend"] == (backends[0] if backends else "unknown")
+    assert info["vendor_modules"] == backends
+    # The backend is what KVM reported (a fresh vCPU's segment types), not /sys/module alone.
+    from kvmtest.host import decide_backend
+
+    types = info["reset_segment_types"]
+    assert types is not None and info["backend_decided_by"].startswith("probe: ")
+    assert info["backend"] == decide_backend(backends, tuple(types.values())).backend
     assert info["capabilities"]["KVM_CAP_IRQCHIP"] == 1
     text = doctor()
     assert "verdict: full conformance mode possible" in text.stdout
+    assert f"decided by      {info['backend_decided_by']}" in text.stdout
 
 
 @pytest.mark.parametrize(
