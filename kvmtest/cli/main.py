@@ -229,7 +229,15 @@ def _positive(text: str) -> int:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    after = []
+    if argv[:1] == ["matrix"]:  # `kvmtest matrix boot K -- RUN-ARGS`
+        from kvmtest.matrix.cli import split_after_dashes
+
+        argv, after = split_after_dashes(argv)
     args = parser.parse_args(argv)
+    if after:
+        args.after_dashes = after
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE

@@ -25,6 +25,7 @@ import gzip
 import hashlib
 import lzma
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -183,42 +184,201 @@ def qemu_cpu_args(accel: str) -> list:
 # Debian kernels
 
 
-def fetch_debian_kernel(package: str, cache: Path = CACHE_DIR) -> Kernel:
-    """`apt-get download` a linux-image package and unpack it under the cache (never install)."""
-    root = cache / "kernels" / package
+@dataclass(frozen=True)
+class DebianKernel:
+    """A pinned Debian kernel: its suite, its packages (the first holds the image) and their
+    version. 7.x splits the kernel (``linux-binary-*``) from its modules (``linux-modules-*``);
+    older suites ship one ``linux-image-*`` package with both."""
+
+    suite: str
+    packages: tuple
+    version: str
+
+    @property
+    def label(self) -> str:
+        return self.packages[0]
+
+
+def host_archive(sources_dirs=("/etc/apt/sources.list.d",), sources_list="/etc/apt/sources.list"):
+    """(URI, Signed-By) of the machine's own main Debian archive entry (the one whose suites are
+    plain codenames, not -security or -updates), from its deb822 .sources files or its one-line
+    sources.list. The private apt configuration uses the same mirror, never a hard-coded one."""
+    stanzas = []
+    for directory in sources_dirs:
+        for path in sorted(Path(directory).glob("*.sources")):
+            text = path.read_text(errors="replace")
+            for block in re.split(r"\n\s*\n", text):
+                fields = {}
+                for line in block.splitlines():
+                    if line.startswith("#") or ":" not in line or line[:1].isspace():
+                        continue
+                    key, _, value = line.partition(":")
+                    fields[key.strip().lower()] = value.strip()
+                if fields.get("enabled", "yes").lower() == "no":
+                    continue
+                if "deb" in fields.get("types", "").split() and fields.get("uris"):
+                    stanzas.append(fields)
+    try:
+        lines = Path(sources_list).read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        match = re.match(r"\s*deb\s+(\[[^\]]*\]\s+)?(\S+)\s+(\S+)\s+(.*)", line)
+        if match:
+            options = match[1] or ""
+            signed = re.search(r"signed-by=(\S+?)\]?(\s|$)", options)
+            stanzas.append(
+                {
+                    "uris": match[2],
+                    "suites": match[3],
+                    "components": match[4],
+                    "signed-by": signed[1] if signed else "",
+                }
+            )
+    for fields in stanzas:
+        suites = fields.get("suites", "").split()
+        if "main" in fields.get("components", "").split() and any("-" not in s for s in suites):
+            return fields["uris"].split()[0], fields.get("signed-by", "")
+    raise BootError(
+        "no Debian archive in the machine's apt sources (/etc/apt/sources.list.d/*.sources or "
+        "/etc/apt/sources.list) to fetch kernels from"
+    )
+
+
+def private_apt(suites, cache: Path = CACHE_DIR) -> Path:
+    """An apt configuration of kvmtest's own under ``cache/apt``: a sources file listing
+    ``suites`` of the machine's archive, and an apt.conf pointing apt at it and at its own
+    package lists and cache (``apt-get -c apt.conf update``). The host's sources, lists and
+    cache are never touched."""
+    root = cache / "apt"
+    uri, signed_by = host_archive()
+    sources = root / "sources.list.d"
+    for sub in (sources, root / "lists" / "partial", root / "cache" / "archives" / "partial"):
+        sub.mkdir(parents=True, exist_ok=True)
+    stanza = ["Types: deb", f"URIs: {uri}", f"Suites: {' '.join(sorted(set(suites)))}"]
+    stanza.append("Components: main")
+    if signed_by:
+        stanza.append(f"Signed-By: {signed_by}")
+    text = "# written by kvmtest (kvmtest/matrix/boot.py private_apt)\n" + "\n".join(stanza) + "\n"
+    path = sources / "kvmtest.sources"
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+        (root / "lists" / ".updated").unlink(missing_ok=True)
+    conf = root / "apt.conf"
+    conf.write_text(
+        "// written by kvmtest: its own sources, lists and cache; the host's stay untouched\n"
+        'Dir::Etc::SourceList "/dev/null";\n'
+        f'Dir::Etc::SourceParts "{sources}";\n'
+        f'Dir::State::Lists "{root / "lists"}";\n'
+        f'Dir::Cache "{root / "cache"}";\n'
+        'APT::Sandbox::User "root";\n'
+    )
+    return conf
+
+
+def apt_get(conf: Path, *args, cwd=None, check=True):
+    command = ["apt-get", "-c", str(conf), "-q", *args]
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise BootError(f"{shlex.join(command)} failed: {result.stderr.strip()[-500:]}")
+    return result
+
+
+def fetch_debian_kernel(kernel: DebianKernel | str, cache: Path = CACHE_DIR, suites=None) -> Kernel:
+    """`apt-get download` a pinned Debian kernel through kvmtest's private apt configuration
+    and unpack it under the cache (never install). A bare package name is fetched from the
+    host's own apt sources, as before."""
+    if isinstance(kernel, str):
+        kernel = DebianKernel("", (kernel,), "")
+    root = cache / "kernels" / kernel.label
     stamp = root / ".unpacked"
     if not stamp.exists():
         debs = cache / "kernels" / "debs"
         debs.mkdir(parents=True, exist_ok=True)
-        found = sorted(debs.glob(f"{package}_*.deb"))
-        if not found:
-            say(f"apt-get download {package}")
-            ensure_debian_packages({"dpkg": "dpkg-deb"})
-            result = subprocess.run(
-                ["apt-get", "download", package], cwd=debs, capture_output=True, text=True
-            )
-            if result.returncode != 0:
-                # The package lists may be missing on a fresh machine: update once and retry.
-                subprocess.run(["apt-get", "update", "-qq"], check=False)
-                retry = subprocess.run(["apt-get", "download", package], cwd=debs)
-                if retry.returncode != 0:
-                    raise BootError(
-                        f"apt-get download {package} failed: is it still in the archive? "
-                        "(apt-cache search --names-only '^linux-image-6' lists the kernels)"
-                    )
-            found = sorted(debs.glob(f"{package}_*.deb"))
-        if not found:
-            raise BootError(f"apt-get download {package} produced no .deb")
+        ensure_debian_packages({"dpkg": "dpkg-deb"})
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            wanted = [p for p in kernel.packages if not sorted(debs.glob(f"{p}_*.deb"))]
+            if wanted:
+                raise BootError(f"fetching {', '.join(wanted)} needs apt-get (and root)")
+        conf = private_apt(suites or [kernel.suite or _host_codename()], cache)
+        files = []
+        for package in kernel.packages:
+            pattern = f"{package}_{kernel.version or '*'}_*.deb".replace(":", "%3a")
+            found = sorted(debs.glob(pattern))
+            if not found:
+                lists = conf.parent / "lists" / ".updated"
+                if not lists.exists():
+                    say(f"apt-get update (kvmtest's own sources: {conf.parent})")
+                    apt_get(conf, "update")
+                    lists.touch()
+                pin = f"{package}={kernel.version}" if kernel.version else package
+                say(f"apt-get download {pin}")
+                if apt_get(conf, "download", pin, cwd=debs, check=False).returncode != 0:
+                    apt_get(conf, "update")  # stale lists: once more with fresh ones
+                    result = apt_get(conf, "download", pin, cwd=debs, check=False)
+                    if result.returncode != 0:
+                        raise BootError(
+                            f"apt-get download {pin} failed: is it still in the archive "
+                            f"({kernel.suite or 'the host suite'})? {result.stderr.strip()[-300:]}"
+                        )
+                found = sorted(debs.glob(pattern))
+            if not found:
+                raise BootError(f"apt-get download {package} produced no .deb")
+            files.append(found[-1])
         if root.exists():
             shutil.rmtree(root)
         root.mkdir(parents=True)
-        subprocess.run(["dpkg-deb", "-x", str(found[-1]), str(root)], check=True)
+        for deb in files:
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
         stamp.touch()
+    return unpacked_kernel(root, kernel.label)
+
+
+def _host_codename() -> str:
+    try:
+        text = Path("/etc/os-release").read_text()
+    except OSError:
+        text = ""
+    match = re.search(r"^VERSION_CODENAME=\"?(\w+)", text, re.M)
+    if not match:
+        raise BootError("cannot tell this machine's Debian suite (/etc/os-release)")
+    return match[1]
+
+
+def unpacked_kernel(root: Path, label: str) -> Kernel:
+    """The image and module tree of an unpacked Debian kernel: /boot/vmlinuz-REL with
+    /lib/modules/REL (up to 6.x), or /usr/lib/modules/REL/vmlinuz (7.x, merged /usr)."""
     images = sorted((root / "boot").glob("vmlinuz-*"))
-    if not images:
-        raise BootError(f"{package}: no /boot/vmlinuz-* in the package")
-    release = images[0].name[len("vmlinuz-") :]
-    return Kernel(images[0], root / "lib" / "modules" / release, release, label=package)
+    if images:
+        release = images[0].name[len("vmlinuz-") :]
+        for base in (root / "lib" / "modules", root / "usr" / "lib" / "modules"):
+            if (base / release).is_dir():
+                return Kernel(images[0], base / release, release, label=label)
+        return Kernel(images[0], None, release, label=label)
+    for base in (root / "usr" / "lib" / "modules", root / "lib" / "modules"):
+        for image in sorted(base.glob("*/vmlinuz")):
+            return Kernel(image, image.parent, image.parent.name, label=label)
+    raise BootError(f"{label}: no /boot/vmlinuz-* or /usr/lib/modules/*/vmlinuz in the package")
+
+
+def kernel_from_tree(tree: Path, release: str | None = None) -> Kernel:
+    """A built kernel tree, as ``vng --run .`` takes it: ``arch/x86/boot/bzImage`` and the
+    release from ``include/config/kernel.release`` (both in the output directory of an
+    ``O=`` build). A modular build's tree is also its module tree (``modules.order``)."""
+    tree = Path(tree)
+    image = tree / "arch" / "x86" / "boot" / "bzImage"
+    if not image.is_file():
+        hint = ""
+        if (tree / "Makefile").is_file() and not (tree / ".config").exists():
+            hint = " (built with O=DIR? give that output directory)"
+        raise BootError(f"{tree}: no arch/x86/boot/bzImage: build it first (make bzImage){hint}")
+    release_file = tree / "include" / "config" / "kernel.release"
+    found = release or _read_text(release_file) or image_release(image)
+    if not found:
+        raise BootError(f"{tree}: no include/config/kernel.release; pass --release")
+    order = tree / "modules.order"
+    modules = tree if order.is_file() and _read_text(order) else None
+    return Kernel(image, modules, found, label=found)
 
 
 def guess_release(image: Path, modules: Path | None) -> str:

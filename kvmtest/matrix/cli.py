@@ -1,14 +1,16 @@
 """`kvmtest matrix`: validate a kernel (patch) by booting it and running the suite inside it.
 
     kvmtest matrix boot KERNEL [-k P]    boot one kernel under QEMU, run `kvmtest run` in it
-    kvmtest matrix run [--kernel K]      the matrix: Debian 6.1, Debian 6.12, the host kernel
+    kvmtest matrix run [--kernel K]      the matrix: Debian 5.10, 6.1, 6.12, 7.2, the host kernel
     kvmtest matrix summary DIR           re-print a matrix run's summary table
 
-KERNEL is a kernel image (``arch/x86/boot/bzImage``, ``/boot/vmlinuz-*``; modules from
-``--modules`` or found next to it), a Debian package (``linux-image-6.1.0-50-amd64``, fetched with
-``apt-get download`` and unpacked under the cache, never installed) or an alias
-(``debian-6.1``, ``debian-6.12``). In a matrix, ``host`` runs the suite on this machine's own
-kernel without booting anything.
+KERNEL is a kernel build tree (``kvmtest matrix boot .`` in it, as ``vng --run .``: its
+``arch/x86/boot/bzImage`` and ``include/config/kernel.release``), a kernel image
+(``arch/x86/boot/bzImage``, ``/boot/vmlinuz-*``; modules from ``--modules`` or found next to it),
+a Debian package (``linux-image-6.1.0-50-amd64``, fetched with ``apt-get download`` through
+kvmtest's own apt configuration and unpacked under the cache, never installed) or an alias of
+a pinned Debian kernel (``debian-5.10``, ``debian-6.1``, ``debian-6.12``, ``debian-7.2``).
+In a matrix, ``host`` runs the suite on this machine's own kernel without booting anything.
 
 Results per kernel (DIR/<kernel>/): ``run.json`` (kvmtest's JSON report, which the summary is
 built from), ``ktap.txt`` (also streamed to the guest's console), ``junit.xml``, ``stderr.txt``,
@@ -37,12 +39,25 @@ from kvmtest.host import default_profile
 from kvmtest.matrix import boot as mb
 from kvmtest.matrix import summary as ms
 
-# Debian kernels of the matrix, pinned so that a matrix run is reproducible (bump deliberately).
+# Debian kernels of the matrix, pinned (suite, packages, version) so that a matrix run is
+# reproducible; fetched through kvmtest's own apt configuration (boot.private_apt), never the
+# host's sources. Bump deliberately: the archive drops old versions.
 DEBIAN_KERNELS = {
-    "debian-6.1": "linux-image-6.1.0-50-amd64",  # 6.1.176, Debian 12's own kernel
-    "debian-6.12": "linux-image-6.12.100+deb12-amd64",  # 6.12.100, Debian 12 security/backports
+    # 5.10.223, Debian 11 (bullseye, LTS)
+    "debian-5.10": mb.DebianKernel("bullseye", ("linux-image-5.10.0-32-amd64",), "5.10.223-1"),
+    # 6.1.176, Debian 12 (bookworm)
+    "debian-6.1": mb.DebianKernel("bookworm", ("linux-image-6.1.0-50-amd64",), "6.1.176-1"),
+    # 6.12.117, Debian 13 (trixie)
+    "debian-6.12": mb.DebianKernel("trixie", ("linux-image-6.12.117+deb13-amd64",), "6.12.117-1"),
+    # 7.2.13, Debian unstable (sid): the image and the modules are separate packages
+    "debian-7.2": mb.DebianKernel(
+        "sid",
+        ("linux-binary-7.2.13+deb14-amd64", "linux-modules-7.2.13+deb14-amd64"),
+        "7.2.13-1",
+    ),
 }
-DEFAULT_MATRIX = ["debian-6.1", "debian-6.12", "host"]
+SUITES = sorted({k.suite for k in DEBIAN_KERNELS.values()})
+DEFAULT_MATRIX = [*DEBIAN_KERNELS, "host"]
 EXIT_FAIL = 1
 SCHEMA_VERSION = 1  # of result.json and matrix.json: bumped when a key goes or changes meaning
 
@@ -62,9 +77,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     boot = actions.add_parser(
         "boot",
         help="boot one kernel and run the suite inside it",
-        description="Boot KERNEL (an image, a Debian linux-image package or debian-6.1 / "
-        "debian-6.12) and run `kvmtest run` inside it. Exit code: the guest's kvmtest exit "
-        "code, 1 if nothing came back.",
+        description="Boot KERNEL (a built kernel tree, an image, a Debian linux-image package or "
+        f"an alias: {', '.join(DEBIAN_KERNELS)}) and run `kvmtest run` inside it. Exit code: "
+        "the guest's kvmtest exit code, 1 if nothing came back.",
     )
     boot.add_argument("kernel", metavar="KERNEL")
     boot.add_argument("--modules", metavar="DIR", help="the kernel's module tree lib/modules/REL")
@@ -77,8 +92,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     run = actions.add_parser(
         "run",
         help="the kernel matrix: boot each kernel, run the suite, print the summary",
-        description="Run the suite on each kernel of the matrix (default: debian-6.1, "
-        "debian-6.12 and host, this machine's own kernel) and print a summary: kernel by trace "
+        description="Run the suite on each kernel of the matrix (default: "
+        f"{', '.join(DEFAULT_MATRIX)}; host is this machine's own kernel) and print a summary: "
+        "kernel by trace "
         "outcome, with the profile that judged each kernel. Exit 1 unless every kernel passed.",
     )
     run.add_argument(
@@ -86,7 +102,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         dest="kernels",
         action="append",
         metavar="K",
-        help="a kernel of the matrix (repeatable; default: debian-6.1 debian-6.12 host)",
+        help=f"a kernel of the matrix (repeatable; default: {' '.join(DEFAULT_MATRIX)})",
     )
     run.add_argument(
         "--out", metavar="DIR", default="kernel-matrix", help="results directory (kernel-matrix)"
@@ -159,6 +175,20 @@ def _common_options(parser) -> None:
         help="more arguments for kvmtest run, as one shell-quoted string",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(after_dashes=[])  # `-- RUN-ARGS`: split off by split_after_dashes
+
+
+def split_after_dashes(argv: list) -> tuple[list, list]:
+    """(the matrix command's own arguments, the kvmtest run arguments after ``--``).
+
+    ``kvmtest matrix boot IMAGE --out DIR -- -v --repeat 5``: argparse cannot hand a
+    subcommand what follows ``--``, so the entry points split it off first and set
+    ``args.after_dashes``."""
+    argv = list(argv)
+    if "--" not in argv:
+        return argv, []
+    index = argv.index("--")
+    return argv[:index], argv[index + 1 :]
 
 
 def run_arguments(args) -> list:
@@ -174,19 +204,28 @@ def run_arguments(args) -> list:
     if args.repeat:
         result += ["--repeat", str(args.repeat)]
     result += shlex.split(args.run_args)
+    result += list(getattr(args, "after_dashes", None) or [])
     return result + [str(Path(t).resolve()) for t in args.traces]
 
 
 def resolve_kernel(spec: str, modules: str | None = None, release: str | None = None):
-    """A Kernel from an alias, a Debian package name or an image path."""
-    package = DEBIAN_KERNELS.get(spec, spec)
-    if re.fullmatch(r"linux-image-[\w.+~-]+", package) and not os.path.exists(spec):
-        kernel = mb.fetch_debian_kernel(package)
+    """A Kernel from an alias, a Debian package name, a kernel build tree or an image path."""
+    if spec in DEBIAN_KERNELS and not os.path.exists(spec):
+        kernel = mb.fetch_debian_kernel(DEBIAN_KERNELS[spec], suites=SUITES)
         kernel.label = spec
         return kernel
+    if re.fullmatch(r"linux-image-[\w.+~-]+", spec) and not os.path.exists(spec):
+        kernel = mb.fetch_debian_kernel(spec, suites=SUITES)
+        kernel.label = spec
+        return kernel
+    if os.path.isdir(spec):
+        return mb.kernel_from_tree(Path(spec), release)
     image = Path(spec)
     if not image.is_file():
-        raise mb.BootError(f"{spec}: no such kernel image, Debian package or alias")
+        raise mb.BootError(
+            f"{spec}: no such kernel image, kernel build tree, Debian package or alias "
+            f"({', '.join(DEBIAN_KERNELS)})"
+        )
     module_dir = Path(modules) if modules else mb.find_modules_for(image)
     return mb.Kernel(image, module_dir, release or "", label=_label(image, release))
 
@@ -375,7 +414,10 @@ def standalone(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "matrix":
         argv.insert(0, "matrix")
-    return main(parser.parse_args(argv))
+    argv, after = split_after_dashes(argv)
+    args = parser.parse_args(argv)
+    args.after_dashes = after
+    return main(args)
 
 
 if __name__ == "__main__":

@@ -153,10 +153,124 @@ def test_image_release_from_bzimage_header(tmp_path):
 
 
 def test_debian_kernels_get_their_profiles():
-    releases = {"debian-6.1": "6.1.0-50-amd64", "debian-6.12": "6.12.100+deb12-amd64"}
-    assert default_profile(releases["debian-6.1"]) == "linux-6.1"
-    assert default_profile(releases["debian-6.12"]) == "linux-6.12"
+    """The pinned kernels of the matrix, each judged by the profile of its release."""
+    releases = {
+        "debian-5.10": ("bullseye", "5.10.0-32-amd64", "linux-5.10"),
+        "debian-6.1": ("bookworm", "6.1.0-50-amd64", "linux-6.1"),
+        "debian-6.12": ("trixie", "6.12.117+deb13-amd64", "linux-6.12"),
+        "debian-7.2": ("sid", "7.2.13+deb14-amd64", "mainline"),
+    }
     assert set(matrix.DEBIAN_KERNELS) == set(releases)
+    for alias, (suite, release, profile) in releases.items():
+        kernel = matrix.DEBIAN_KERNELS[alias]
+        assert kernel.suite == suite and kernel.version
+        assert release in kernel.packages[0]
+        assert default_profile(release) == profile
+    assert matrix.DEFAULT_MATRIX == [*releases, "host"]
+    assert matrix.SUITES == sorted(s for s, _, _ in releases.values())
+
+
+def test_host_archive_from_deb822_and_one_line_sources(tmp_path):
+    d = tmp_path / "sources.list.d"
+    d.mkdir()
+    (d / "debian.sources").write_text(
+        "Types: deb\nURIs: http://security.example/debian-security\nSuites: bookworm-security\n"
+        "Components: main\n\n"
+        "Types: deb\n# a comment\nURIs: http://mirror.example/debian\n"
+        "Suites: bookworm bookworm-updates\nComponents: main contrib\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    )
+    none = tmp_path / "none.list"
+    assert mb.host_archive((d,), none) == (
+        "http://mirror.example/debian",
+        "/usr/share/keyrings/debian-archive-keyring.gpg",
+    )
+    one_line = tmp_path / "sources.list"
+    one_line.write_text("deb [signed-by=/k.gpg] http://old.example/debian bullseye main\n")
+    found = mb.host_archive((tmp_path / "empty",), one_line)
+    assert found == ("http://old.example/debian", "/k.gpg")
+    with pytest.raises(mb.BootError, match="no Debian archive"):
+        mb.host_archive((tmp_path / "empty",), none)
+
+
+def test_private_apt_configuration_never_touches_the_hosts(tmp_path, monkeypatch):
+    monkeypatch.setattr(mb, "host_archive", lambda: ("http://mirror.example/debian", "/k.gpg"))
+    conf = mb.private_apt(["sid", "bullseye", "sid"], tmp_path)
+    assert conf == tmp_path / "apt" / "apt.conf"
+    text = conf.read_text()
+    assert 'Dir::Etc::SourceList "/dev/null";' in text
+    assert f'Dir::Etc::SourceParts "{tmp_path / "apt" / "sources.list.d"}";' in text
+    assert f'Dir::State::Lists "{tmp_path / "apt" / "lists"}";' in text
+    sources = (tmp_path / "apt" / "sources.list.d" / "kvmtest.sources").read_text()
+    assert "URIs: http://mirror.example/debian" in sources
+    assert "Suites: bullseye sid" in sources and "Signed-By: /k.gpg" in sources
+    assert "/etc/apt" not in text
+
+
+def test_unpacked_kernel_layouts(tmp_path):
+    old = tmp_path / "old"
+    (old / "boot").mkdir(parents=True)
+    (old / "boot" / "vmlinuz-6.12.117+deb13-amd64").write_bytes(b"")
+    (old / "usr" / "lib" / "modules" / "6.12.117+deb13-amd64").mkdir(parents=True)
+    kernel = mb.unpacked_kernel(old, "debian-6.12")
+    assert kernel.release == "6.12.117+deb13-amd64"
+    assert kernel.modules == old / "usr" / "lib" / "modules" / "6.12.117+deb13-amd64"
+    new = tmp_path / "new" / "usr" / "lib" / "modules" / "7.2.13+deb14-amd64"
+    new.mkdir(parents=True)
+    (new / "vmlinuz").write_bytes(b"")
+    kernel = mb.unpacked_kernel(tmp_path / "new", "debian-7.2")
+    assert (kernel.image, kernel.modules, kernel.release) == (new / "vmlinuz", new, new.name)
+    with pytest.raises(mb.BootError, match="no /boot/vmlinuz"):
+        mb.unpacked_kernel(tmp_path, "nothing")
+
+
+def test_a_kernel_build_tree_is_a_kernel(tmp_path):
+    """`kvmtest matrix boot path/to/linux`, as `vng --run .`: bzImage and kernel.release."""
+    tree = tmp_path / "linux"
+    (tree / "arch" / "x86" / "boot").mkdir(parents=True)
+    (tree / "Makefile").write_text("")
+    with pytest.raises(mb.BootError, match="no arch/x86/boot/bzImage.*O=DIR"):
+        matrix.resolve_kernel(str(tree))
+    (tree / "arch" / "x86" / "boot" / "bzImage").write_bytes(b"")
+    (tree / "include" / "config").mkdir(parents=True)
+    (tree / "include" / "config" / "kernel.release").write_text("6.1.176\n")
+    kernel = matrix.resolve_kernel(str(tree))
+    assert kernel.image == tree / "arch" / "x86" / "boot" / "bzImage"
+    assert (kernel.release, kernel.label, kernel.modules) == ("6.1.176", "6.1.176", None)
+    assert default_profile(kernel.release) == "linux-6.1"
+    (tree / "modules.order").write_text("arch/x86/kvm/kvm.ko\n")  # a modular build
+    assert matrix.resolve_kernel(str(tree)).modules == tree
+    assert matrix.resolve_kernel(str(tree), release="6.1.99").release == "6.1.99"
+
+
+def test_run_arguments_after_dashes():
+    """`ci/boot-kernel IMAGE -- RUN-ARGS`: what follows -- goes to kvmtest run as it is."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    matrix.add_parser(parser.add_subparsers(dest="command"))
+    argv, after = matrix.split_after_dashes(
+        ["matrix", "boot", "bzImage", "--out", "r", "--", "-v", "--repeat", "2", "--", "x"]
+    )
+    assert after == ["-v", "--repeat", "2", "--", "x"]
+    args = parser.parse_args(argv)
+    args.after_dashes = after
+    assert (args.kernel, args.out) == ("bzImage", "r")
+    assert matrix.run_arguments(args) == ["--timeout", "600", "-v", "--repeat", "2", "--", "x"]
+    assert matrix.split_after_dashes(["matrix", "boot", "k"]) == (["matrix", "boot", "k"], [])
+
+
+def test_boot_kernel_script_passes_run_args_after_dashes(tmp_path):
+    """The documented form reaches the parser: a missing image fails as such, not as usage."""
+    script = Path(__file__).resolve().parents[2] / "ci" / "boot-kernel"
+    result = subprocess.run(
+        [str(script), str(tmp_path / "bzImage"), "--out", str(tmp_path / "r"), "--", "-v"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "no such kernel image" in result.stderr and "unrecognized" not in result.stderr
 
 
 def test_run_arguments_forwarded():
