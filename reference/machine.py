@@ -458,7 +458,9 @@ class Machine:
         v.pv_unhalted = v.nested_block = False
         v.phase = Phase.OUT
         v.last_exit = None
-        v.regs = R.reset_image(self.profile.image, self.flavour, bsp=is_bsp)
+        v.regs = R.reset_image(
+            self.profile.image, self.flavour, bsp=is_bsp, common=self.profile.common_reset_image
+        )
         if arch_value(self.profile, "reset_rdx_signature") and self.cpuid_1_eax is not None:
             v.regs["rdx"] = self.cpuid_1_eax  # architecture.py: EDX = the signature at RESET
         if self.lapic:
@@ -549,7 +551,11 @@ class Machine:
     def _init_reset(self, v: VCpu) -> None:
         """rule 10: kvm_vcpu_reset(init_event=true) and the resulting state."""
         v.regs = R.init_image(
-            self.profile.image, self.flavour, v.regs, cpuid_1_eax=self.cpuid_1_eax
+            self.profile.image,
+            self.flavour,
+            v.regs,
+            cpuid_1_eax=self.cpuid_1_eax,
+            common=self.profile.common_reset_image,
         )
         v.nmi_pending = False  # c.1: pending NMI and SMI cleared
         v.smi_pending = False

@@ -148,6 +148,13 @@ class Profile:
         "register images (regs.py): v1 reset at SIPI, v2 INIT == RESET, v3 a"
         " separate INIT image (about 4.1)",
     )
+    common_reset_image: bool = _switch(
+        ARCH,
+        "rule 10; section c; d.7.10, d.7.11",
+        "V3: kvm_vcpu_reset writes the RESET/INIT image (5.15): INIT keeps CR0.CD/NW, RDX ="
+        " CPUID.1.EAX or 0x600; before, each vendor's (CR0 0x60000010; SVM RDX kvm_cpuid(1),"
+        " GDTR/IDTR base kept)",
+    )
     init_resets_apic_base_and_id: bool = _switch(
         ARCH, "d.7.9", "INIT re-sets the APIC ID (and, VMX, IA32_APIC_BASE) (before about 4.1)"
     )
@@ -271,6 +278,7 @@ LINUX_3_9 = Profile(
     vcpu_events_flags=_OLD_EVENT_FLAGS,
     vcpu_events_rejects_smm_in_ir=False,
     image="v1",
+    common_reset_image=True,  # only read with image v3
     init_resets_apic_base_and_id=True,
     phys_dest_mask=0xFF,
     spiv_toggle_dirties_map=False,
@@ -322,6 +330,7 @@ LINUX_6_1 = Profile(
     vcpu_events_flags=_NEW_EVENT_FLAGS,
     vcpu_events_rejects_smm_in_ir=True,
     image="v3",
+    common_reset_image=True,  # kvm_vcpu_reset, 6.1.176 x86.c (5.15 rework)
     init_resets_apic_base_and_id=False,
     phys_dest_mask=0xFFFFFFFF,
     spiv_toggle_dirties_map=True,
@@ -353,8 +362,41 @@ MAINLINE = replace(
     vcpu_events_rejects_smm_in_ir=False,
 )
 
+# --- kernels people run, between 3.10 and 6.1 (the kernels helper's block) ---------------
+# Each field that differs from the next newer profile is a switch with its source trail in
+# docs/semantics.md (the switch index, "Kernel generations"); see docs/kernel-matrix.md for
+# the kernels that judged them.
+
+LINUX_5_10 = replace(
+    LINUX_6_1,
+    name="linux-5.10",
+    description="5.4-5.10 (Debian 11): no AP_RESET_HOLD, no mp_state whitelist, UNHALT switch",
+    # 5.4: 4b9852f4f389 (INIT latched in VMX root / GIF = 0); 5.11: 647daca25d24 (ARH).
+    # No modelled switch differs between 5.4 and 5.10, so one profile spans them.
+    releases=((5, 4), (5, 10)),
+    ap_reset_hold=False,  # KVM_MP_STATE_AP_RESET_HOLD is 5.11 (rule 19)
+    runnable_needs_init_allowed=False,  # bf7f9352af5d, 6.1 (rule 18)
+    wake_exits_other_states=True,  # the UNHALT switch, until c59fb1275838 (6.1) (rule 20)
+    set_mp_state_whitelist=None,  # 22c6a0ef6b26, 6.0 (rule 28)
+    vcpu_events_flags=_OLD_EVENT_FLAGS | VALID_SMM | VALID_PAYLOAD,  # TRIPLE_FAULT: 5.19
+    common_reset_image=False,  # 5.10.223: vmx_vcpu_reset / svm_vcpu_reset write it (c.5)
+    hlt_checks_pending_events=False,  # 5.10.223 kvm_vcpu_halt: HALTED unconditionally
+)
+
+LINUX_4_18 = replace(
+    LINUX_5_10,
+    name="linux-4.18",
+    description="4.18-4.19 upstream: INIT not latched by nesting, no exception payload",
+    releases=((4, 18), (4, 19)),  # 4.20: 59073aaf6de0 (VALID_PAYLOAD)
+    init_blocked_nested=False,  # 4b9852f4f389, 5.4 (rule 16)
+    vcpu_events_flags=_OLD_EVENT_FLAGS | VALID_SMM,  # VALID_PAYLOAD: 59073aaf6de0, 4.20
+)
+
+_RUN_BETWEEN = (LINUX_4_18, LINUX_5_10)
+# --- end of the kernels helper's block -----------------------------------------------------
+
 PROFILES: dict[str, Profile] = {
-    p.name: p for p in (LINUX_3_9, LINUX_3_10, LINUX_6_1, LINUX_6_12, MAINLINE)
+    p.name: p for p in (LINUX_3_9, LINUX_3_10, *_RUN_BETWEEN, LINUX_6_1, LINUX_6_12, MAINLINE)
 }
 
 # --- architectural profiles (sdm, apm): defined and registered by architecture.py, which

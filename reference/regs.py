@@ -116,13 +116,15 @@ def _svm(flavour: str) -> bool:
     return flavour == "svm"
 
 
-def reset_image(image: str, flavour: str, *, bsp: bool) -> dict:
-    """The image at vCPU creation (RESET). ``image`` is the profile's image generation."""
-    return dict(_reset_image(image, flavour, bsp))
+def reset_image(image: str, flavour: str, *, bsp: bool, common: bool = True) -> dict:
+    """The image at vCPU creation (RESET). ``image`` is the profile's image generation;
+    ``common`` (V3 only) whether common code writes it (kvm_vcpu_reset, 5.15) or each
+    vendor's reset does (c.5)."""
+    return dict(_reset_image(image, flavour, bsp, common))
 
 
 @cache
-def _reset_image(image: str, flavour: str, bsp: bool) -> dict:
+def _reset_image(image: str, flavour: str, bsp: bool, common: bool = True) -> dict:
     if image == "v1":
         # c.4: V1 runs the vendor reset with sipi_vector 0 at creation, so an AP starts at
         # CS 0 / base 0 / RIP 0 (inferred in docs/semantics.md#c4, UNVERIFIED).
@@ -130,10 +132,13 @@ def _reset_image(image: str, flavour: str, bsp: bool) -> dict:
     if image == "v2":
         return v2_image(flavour, None, cpuid_1_eax=None)
     regs = _segments(flavour, 0xF000, 0xFFFF0000)  # c.1/c.2
+    # c.1: at RESET there is never a CPUID table, so 0x600; c.5: before 5.15 SVM's reset
+    # wrote kvm_cpuid(1).eax, which is 0 without a table.
+    rdx = RDX_DEFAULT if common or not _svm(flavour) else 0
     regs.update(
         rip=0xFFF0,
         rflags=0x2,
-        rdx=RDX_DEFAULT,  # c.1: at RESET there is never a CPUID table
+        rdx=rdx,
         cr0=CR0_RESET,
         gdt=DTable(0, 0xFFFF),
         idt=DTable(0, 0xFFFF),
@@ -141,10 +146,15 @@ def _reset_image(image: str, flavour: str, bsp: bool) -> dict:
     return regs
 
 
-def init_image(image: str, flavour: str, old: dict, *, cpuid_1_eax: int | None) -> dict:
-    """The image an INIT leaves (rule 10), V2 and V3 (V1 does not reset on INIT)."""
+def init_image(
+    image: str, flavour: str, old: dict, *, cpuid_1_eax: int | None, common: bool = True
+) -> dict:
+    """The image an INIT leaves (rule 10), V2 and V3 (V1 does not reset on INIT); ``common``
+    as for reset_image."""
     if image == "v2":
         return v2_image(flavour, old, cpuid_1_eax=cpuid_1_eax)
+    if not common:
+        return vendor_init_image(flavour, old, cpuid_1_eax=cpuid_1_eax)
     regs = _segments(flavour, 0xF000, 0xFFFF0000)
     old_cr0 = old["cr0"]
     if old_cr0 is GUEST:
@@ -159,6 +169,21 @@ def init_image(image: str, flavour: str, old: dict, *, cpuid_1_eax: int | None) 
         gdt=DTable(0, 0xFFFF),
         idt=DTable(0, 0xFFFF),
     )
+    return regs
+
+
+def vendor_init_image(flavour: str, old: dict, *, cpuid_1_eax: int | None) -> dict:
+    """c.5: V3 before 5.15, where each vendor's reset wrote the INIT image (vmx_vcpu_reset,
+    svm_vcpu_reset + init_vmcb): the c.2 segments, CR0 = 0x60000010 on every INIT; VMX RDX =
+    get_rdx_init_val() (0x600), GDTR/IDTR base 0; SVM RDX = kvm_cpuid(1).eax (0 without a
+    CPUID table), GDTR/IDTR limit 0xffff with the base left as it was."""
+    regs = _segments(flavour, 0xF000, 0xFFFF0000)
+    if _svm(flavour):
+        rdx = 0 if cpuid_1_eax is None else cpuid_1_eax
+        gdt, idt = _kept_base(old, "gdt"), _kept_base(old, "idt")
+    else:
+        rdx, gdt, idt = RDX_DEFAULT, DTable(0, 0xFFFF), DTable(0, 0xFFFF)
+    regs.update(rip=0xFFF0, rflags=0x2, rdx=rdx, cr0=CR0_RESET, gdt=gdt, idt=idt)
     return regs
 
 
