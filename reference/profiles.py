@@ -335,7 +335,7 @@ LINUX_6_1 = Profile(
     phys_dest_mask=0xFFFFFFFF,
     spiv_toggle_dirties_map=True,
     msi_redir_hint=True,
-    # UNVERIFIED for 6.1: X2APIC_ICR_RESERVED_BITS is in 6.11 and appears in stable backports.
+    # X2APIC_ICR_RESERVED_BITS is in 6.11 and in Debian's 6.1.176 (read: a stable backport).
     x2apic_icr_reserved_gp=True,
     fast_path_empty_result=0,
     logical_map_tracks_sw_disabled=False,  # observed on Debian 6.1.176: -EPERM (matrix)
@@ -381,6 +381,7 @@ LINUX_5_10 = replace(
     vcpu_events_flags=_OLD_EVENT_FLAGS | VALID_SMM | VALID_PAYLOAD,  # TRIPLE_FAULT: 5.19
     common_reset_image=False,  # 5.10.223: vmx_vcpu_reset / svm_vcpu_reset write it (c.5)
     hlt_checks_pending_events=False,  # 5.10.223 kvm_vcpu_halt: HALTED unconditionally
+    x2apic_icr_reserved_gp=False,  # 5.10.223 kvm_x2apic_msr_write: no reserved-bit check
 )
 
 LINUX_4_18 = replace(
