@@ -5,8 +5,11 @@ Guest code runs slowly on an emulating host, so a vCPU told to HLT may still be 
 instructions before it; observing it then would catch it RUNNABLE. KVM's halt polling keeps a
 thread runnable for a moment before it sleeps, which only delays the answer. A thread can also
 sleep inside KVM_RUN for other reasons (a page fault, a lock, SRCU after a memslot change on a
-busy host), so "blocked" means asleep *in kvm_vcpu_block*, read from /proc/.../wchan; where the
-kernel does not say (wchan "0" without kallsyms), any sleep counts.
+busy host), so "blocked" means asleep *in kvm_vcpu_block*, read from /proc/.../wchan. Where
+wchan does not say, the thread's kernel stack (/proc/.../stack, root only) does: x86 kernels
+before 5.16 compute wchan by walking frame pointers, so a kernel built with the ORC unwinder
+(Debian's 5.10, say) reports "0" or a wrong function. Only where neither says (no kallsyms, not
+root) does any sleep count.
 """
 
 import functools
@@ -58,14 +61,47 @@ def wchan_names_available() -> bool:
         sleeper.join()
 
 
+def stack_functions(text: str) -> set:
+    """The function names of a /proc/.../stack listing ("[<0>] kvm_vcpu_block+0x4a/0x80 [kvm]");
+    a kernel without kallsyms lists bare addresses ("[<0>] 0xffffffff8104b1a3"), which say
+    nothing and are left out."""
+    names = set()
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            name = parts[1].split("+", 1)[0]
+            if not name.startswith("0x"):
+                names.add(name)
+    return names
+
+
+def thread_stack(tid: int) -> set | None:
+    """The functions on thread `tid`'s kernel stack, or None where the kernel will not say."""
+    try:
+        with open(f"/proc/self/task/{tid}/stack") as stack:
+            text = stack.read()
+    except OSError:
+        return None
+    return stack_functions(text) or None
+
+
 def blocked_in_kvm(tid: int) -> bool:
-    """Thread `tid` sleeps in kvm_vcpu_block (or, where the kernel hides the names, sleeps)."""
+    """Thread `tid` sleeps in kvm_vcpu_block: by its wchan; where wchan names another function
+    or none at all on a kernel that never names one, by its kernel stack (wchan is unreliable
+    before 5.16 on ORC kernels), the thread still asleep after that read; where neither
+    says, any sleep counts on a kernel that never names one. An empty wchan on a kernel that
+    does name them is a thread that woke between the two reads: not asleep."""
     if thread_state(tid) != "S":
         return False
     where = thread_wchan(tid)
-    if where:
-        return where in BLOCK_FUNCTIONS
-    return not wchan_names_available()
+    if where in BLOCK_FUNCTIONS:
+        return True
+    if not where and wchan_names_available():
+        return False
+    stack = thread_stack(tid)
+    if stack is not None:
+        return bool(stack & BLOCK_FUNCTIONS) and thread_state(tid) == "S"
+    return not where
 
 
 def wait_asleep(tid_of, in_kvm_run, timeout: float, interval: float = 0.0002) -> bool:
