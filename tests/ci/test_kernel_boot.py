@@ -41,6 +41,11 @@ def test_boot_debian_kernel_and_run_the_suite(tmp_path):
     assert all(f" {name}" in full_console for name in traces)
     report = json.loads((out / "run.json").read_text())
     assert ms.traces_from_report(report) == traces  # the matrix reads this, not the KTAP
+    # the flavour inside the booted kernel came from what its KVM reported, not /sys/module
+    host = report["host"]
+    assert host["backend"] == "kvm_amd" and host["flavour"] == "svm"
+    assert host["reset_segment_types"] == {"cs": 0xA, "ss": 0x2, "tr": 0x3}
+    assert host["backend_decided_by"].startswith("probe: ")
     suites = ET.parse(out / "junit.xml").getroot()
     cases = list(suites.iter("testcase"))
     assert len(cases) == len(traces), (len(cases), len(traces))

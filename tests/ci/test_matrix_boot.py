@@ -114,6 +114,7 @@ def test_guest_script_streams_ktap_to_the_console(tmp_path):
     assert (tmp_path / "exit-code").read_text().strip() == "0"
     report = json.loads((tmp_path / "run.json").read_text())
     assert report["schema_version"] == 1 and report["backend"] == "kvm"
+    assert report["host"]["backend_decided_by"].startswith("probe: ")  # how the flavour was chosen
     outcome = matrix.outcome_from_dir({"kernel": "k", "release": "r", "profile": "p",
                                        "exit_code": 0}, tmp_path)  # fmt: skip
     assert outcome.traces and set(outcome.traces.values()) == {"pass"}
