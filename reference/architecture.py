@@ -36,26 +36,9 @@ from typing import Literal, NamedTuple
 
 from . import encodings as enc
 from .profiles import ARCH, ARCHITECTURE_PROFILES, MAINLINE, Profile
+from .regs import Unknown
 
-
-class _Unspecified:
-    """Singleton: the manuals do not define this value; never compared, counted apart."""
-
-    _instance = None
-
-    def __new__(cls):
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "UNSPECIFIED"
-
-    def __reduce__(self):
-        return (_Unspecified, ())
-
-
-UNSPECIFIED = _Unspecified()
+UNSPECIFIED = Unknown("UNSPECIFIED")  # the manuals do not define this value; counted apart
 
 
 class ArchState:

@@ -20,21 +20,25 @@ from functools import cache
 from typing import NamedTuple
 
 
-class _Guest:
-    """Singleton: "the guest owns this value now"; unknown to the model, never compared."""
+class Unknown:
+    """A value the model does not give, as a named singleton compared by identity: GUEST ("the
+    guest owns this value now") here, UNSPECIFIED ("the manuals leave it open") in
+    architecture.py. Never compared; copies and pickles stay the same object."""
 
-    _instance = None
+    _by_name: dict = {}
 
-    def __new__(cls):
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
+    def __new__(cls, name: str):
+        if name not in cls._by_name:
+            marker = super().__new__(cls)
+            marker.name = name
+            cls._by_name[name] = marker
+        return cls._by_name[name]
 
     def __repr__(self) -> str:
-        return "GUEST"
+        return self.name
 
     def __reduce__(self):
-        return (_Guest, ())
+        return (Unknown, (self.name,))
 
     def __copy__(self):
         return self
@@ -43,7 +47,7 @@ class _Guest:
         return self
 
 
-GUEST = _Guest()
+GUEST = Unknown("GUEST")
 
 
 class Segment(NamedTuple):
