@@ -259,11 +259,7 @@ def main(argv=None) -> int:
 
             return mutate.main(args)
         if args.command == "model":
-            try:
-                return _model(args)
-            except UsageError as exc:
-                print(f"kvmtest model: {exc}", file=sys.stderr)
-                return EXIT_USAGE
+            return _model(args)
         if args.command == "show":
             from kvmtest.cli import show
 
@@ -275,21 +271,16 @@ def main(argv=None) -> int:
         if args.command in ("fuzz", "diff-profiles"):
             from kvmtest.cli import fuzz
 
-            try:
-                return fuzz.main(args) if args.command == "fuzz" else fuzz.diff_profiles(args)
-            except UsageError as exc:
-                print(f"kvmtest {args.command}: {exc}", file=sys.stderr)
-                return EXIT_USAGE
+            return fuzz.main(args) if args.command == "fuzz" else fuzz.diff_profiles(args)
         from kvmtest.cli import run as run_commands
 
-        try:
-            if args.command == "run":
-                return run_commands.run(args)
-            if args.command == "list":
-                return run_commands.list_traces(args)
-        except UsageError as exc:
-            print(f"kvmtest {args.command}: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+        if args.command == "run":
+            return run_commands.run(args)
+        if args.command == "list":
+            return run_commands.list_traces(args)
+    except UsageError as exc:  # every command's bad usage or input: one line, EXIT_USAGE
+        print(f"kvmtest {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("kvmtest: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
