@@ -673,7 +673,11 @@ class Machine:
         return enc.match_physical(mda, t.xapic_id, t.index, t.x2apic_mode)
 
     def _slow_path(self, src: VCpu | None, irq: enc.Irq) -> int:
-        """rule 35: walk every online, present LAPIC; -1 when nothing matched."""
+        """rule 35: walk every online, present LAPIC; -1 when nothing matched. A physical
+        broadcast asked for lowest priority is delivered as fixed first (kvm_irq_delivery_to_apic,
+        every kernel generation), so a lowest-priority broadcast reaches every APIC."""
+        if not irq.logical and irq.dest_id == enc.XAPIC_BROADCAST and self._lowest_prio(irq):
+            irq = irq._replace(delivery_mode=enc.DM_FIXED)
         targets = [t for t in self.vcpus if t.hw_enabled and self._match(t, src, irq)]
         if not targets:
             return -1
