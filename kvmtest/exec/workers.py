@@ -22,6 +22,7 @@ class VcpuWorker:
         self._commands: queue.Queue = queue.Queue()
         self._cond = threading.Condition()
         self._state = IDLE
+        self._outstanding = 0  # commands submitted and not yet answered (queued ones count)
         self._pause_requested = False
         self._stopping = False
         self.native_id = None  # the worker thread's kernel TID, set when it starts
@@ -34,8 +35,10 @@ class VcpuWorker:
         self.native_id = threading.get_native_id()
         while True:
             item = self._commands.get()
-            if item is None:
-                return
+            with self._cond:
+                if item is None or self._stopping:
+                    return  # a command queued behind the stop must not re-enter KVM_RUN
+                self._state = BUSY
             command, arg0, arg1 = item
             if command is not None:
                 self.stepper.post(command, arg0, arg1)
@@ -44,6 +47,7 @@ class VcpuWorker:
             except Exception as exc:  # handed to the engine, which reports an error
                 self.reports.put(exc)
             with self._cond:
+                self._outstanding -= 1
                 self._state = IDLE
                 self._cond.notify_all()
 
@@ -69,18 +73,20 @@ class VcpuWorker:
     def submit(self, command=None, arg0: int = 0, arg1: int = 0) -> None:
         """Start a command (None: just enter KVM_RUN, as an AP waiting for its SIPI does)."""
         with self._cond:
-            self._state = BUSY
+            self._outstanding += 1
         self._commands.put((command, arg0, arg1))
 
     def pause(self, timeout: float = 5.0) -> None:
         """Return once the vCPU's thread is outside KVM_RUN (idle or parked)."""
         with self._cond:
-            if self._state == IDLE:
+            if not self._outstanding:
                 return
             self._pause_requested = True
-        self.stepper.kick()
+        self.stepper.kick()  # a command that has not started yet takes it at its first KVM_RUN
         with self._cond:
-            if not self._cond.wait_for(lambda: self._state in (IDLE, PAUSED), timeout):
+            if not self._cond.wait_for(
+                lambda: not self._outstanding or self._state == PAUSED, timeout
+            ):
                 raise TimeoutError(f"vCPU {self.stepper.index} did not leave KVM_RUN after a kick")
 
     def resume(self) -> None:
@@ -104,7 +110,7 @@ class VcpuWorker:
 
         def in_kvm_run() -> bool:
             with self._cond:
-                busy = self._state != IDLE
+                busy = self._outstanding > 0
             return busy and self.stepper.vcpu.in_kvm_run
 
         return wait_asleep(lambda: self.native_id, in_kvm_run, timeout)
@@ -119,4 +125,4 @@ class VcpuWorker:
     @property
     def busy(self) -> bool:
         with self._cond:
-            return self._state != IDLE
+            return self._outstanding > 0
