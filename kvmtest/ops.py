@@ -141,7 +141,8 @@ class Msi(Step):
 
 @dataclass(frozen=True)
 class Icr(_OnVcpuThread, Step):
-    """The guest on `vcpu` writes its ICR (xAPIC MMIO or x2APIC MSR 0x830, per setup.apic)."""
+    """The guest on `vcpu` writes its ICR (x2APIC MSR 0x830 when that vCPU is in x2APIC
+    mode now, else xAPIC MMIO: the stepper checks APIC_BASE.EXTD before each write)."""
 
     vcpu: int
     value: int  # 64 bits: destination in the high half (xAPIC: bits 63:56)

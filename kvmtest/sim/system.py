@@ -137,7 +137,7 @@ def program(op, thread: str, setup: f.Setup, start: int = 0) -> list[Move]:
             Move(
                 t,
                 "icr_write",
-                (v, op.value, x2apic),
+                (v, op.value),
                 f"vcpu{v} guest writes ICR: " + icr_label(op.value, x2apic),
                 command="icr",
             )
@@ -439,7 +439,9 @@ class System:
         elif op == "kick_out":
             self._command_report(args[0], move.command)
         elif op == "icr_write":
-            count = m.icr_write(*args)
+            # The stepper writes the ICR in the APIC mode it is in now (MMIO in xAPIC mode, even
+            # in an x2APIC trace: an AP the trace never switched, or one an INIT reset).
+            count = m.icr_write(args[0], args[1], m.vcpus[args[0]].x2apic_mode)
             if count == "#GP":
                 # A WRMSR that faults (#GP, reserved ICR bits, rule 40) lands in the stepper's
                 # exception handler, which reports the vector and goes back to its loop.
