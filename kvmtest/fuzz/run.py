@@ -24,6 +24,7 @@ from kvmtest.trace.dump import dump_trace
 from kvmtest.trace.engine import run_trace
 from kvmtest.trace.result import RunSummary, Status
 
+from . import known
 from .gen import random_trace
 from .predict import predict
 from .shrink import shrink, size
@@ -55,10 +56,15 @@ def flips(profile: reference.Profile) -> list[tuple[str, object]]:
     return out
 
 
-def signature(result) -> str:
+def signature(result, trace=None) -> str:
+    """What tells divergences apart: the field of the first mismatch and the kind of operation
+    it was seen at, or the error message."""
     if result.status is Status.FAIL:
         m = result.mismatches[0]
-        return f"mismatch {m.field}"
+        at = ""
+        if trace is not None and m.step < len(trace.steps):
+            at = f" at {trace.steps[m.step].kind}"
+        return f"mismatch {m.field}{at}"
     return f"{result.status.name.lower()} {result.message.split(': ', 3)[-1][:80]}"
 
 
@@ -85,6 +91,7 @@ class FuzzReport:
     statuses: dict = field(default_factory=dict)
     findings: list = field(default_factory=list)
     repeated: dict = field(default_factory=dict)  # signature -> divergences not shrunk again
+    known: dict = field(default_factory=dict)  # known.KNOWN key -> traces counted under it
     switches_seen: set = field(default_factory=set)
     switches_sampled: set = field(default_factory=set)
     transitions: set = field(default_factory=set)
@@ -113,7 +120,11 @@ class _Task:
         if index % COVERAGE_EVERY == 0 and self.flipped:
             coverage = self._coverage(trace, index)
         kinds = tuple(sorted({s.kind for s in trace.steps}))
-        sig = signature(result) if status in (Status.FAIL, Status.ERROR) else None
+        sig = signature(result, trace) if status in (Status.FAIL, Status.ERROR) else None
+        if status is Status.FAIL and self.context.backend == "kvm":
+            key = known.classify(trace, result, self.context.flavour)
+            if key is not None:
+                sig = f"known {key}"
         if not isinstance(status, Status):  # a broken invariant (reference backend)
             sig, status = status, Status.FAIL
         return status.name, sig, coverage, kinds
@@ -150,7 +161,7 @@ def confirm(trace, profile, context, sig, runs=CONFIRM):
     statuses, last = [], None
     for _ in range(runs):
         last = run_one(trace, profile, context, timeout=TRACE_TIMEOUT)
-        ok = last.status in (Status.FAIL, Status.ERROR) and signature(last) == sig
+        ok = last.status in (Status.FAIL, Status.ERROR) and signature(last, trace) == sig
         if context.backend == "reference":
             ok = (last.status is Status.ERROR and signature(last) == sig) or (
                 _model_invariants(trace, profile, context) == sig
@@ -206,7 +217,10 @@ def fuzz(
             report.statuses[status] = report.statuses.get(status, 0) + 1
             for kind in kinds:
                 report.kinds[kind] = report.kinds.get(kind, 0) + 1
-            if sig is not None:
+            if sig is not None and sig.startswith("known "):
+                key = sig.split(" ", 1)[1]
+                report.known[key] = report.known.get(key, 0) + 1
+            elif sig is not None:
                 divergent.append((index, sig))
             if cov is not None:
                 name, changed, transitions = cov
@@ -255,7 +269,9 @@ def _investigate(seed, index, sig, profile, context, outdir, relevant=None) -> F
         def fails(candidate) -> bool:
             if relevant is not None and not relevant(candidate):
                 return False
-            return confirm(candidate, profile, context, sig)[0]
+            ok, _, last = confirm(candidate, profile, context, sig)
+            # never shrink a new divergence into a judged one
+            return ok and known.classify(candidate, last, context.flavour) is None
 
         finding.shrunk, finding.tried = shrink(
             trace, fails, budget=SHRINK_BUDGET, seconds=SHRINK_SECONDS
@@ -320,6 +336,11 @@ def render(report: FuzzReport) -> str:
             lines.append("  " + dump_trace(what).replace("\n", "\n  ").rstrip())
     for sig, n in sorted(report.repeated.items()):
         lines.append(f"  and {n} more divergences with signature {sig!r} (not shrunk again)")
+    for key, n in sorted(report.known.items()):
+        lines.append(
+            f"known divergence {key}: {n} traces diverged first there (the rest of each was "
+            f"not judged): {known.judgement(key)}"
+        )
     if not report.findings:
-        lines.append("no divergence")
+        lines.append("no new divergence" if report.known else "no divergence")
     return "\n".join(lines)
