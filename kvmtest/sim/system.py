@@ -83,13 +83,16 @@ class Move(NamedTuple):
 
 def restart_report(machine, vcpu: int) -> str | None:
     """What the stepper reports when the vCPU runs next, if an INIT or SIPI moved it since the
-    guest last ran: "sipi 0x10" (a landing page) or "reset" (the reset ROM); else None.
+    guest last ran: "sipi 0x10" (a landing page) or "reset" (the reset ROM); GUEST where the
+    model cannot tell where it lands; else None.
     Registers the model knows mean exactly that, because guest_runs makes them all GUEST."""
     regs = machine.vcpus[vcpu].regs
     if regs["rip"] is GUEST:
         return None
     cs = regs["cs"]
     if regs["rip"] == 0:
+        if cs is not GUEST and not isinstance(cs.selector, int):
+            return GUEST  # the host set RIP alone (KVM_SET_REGS): CS is the guest's, who knows
         vector = machine.vcpus[vcpu].sipi_vector if cs is GUEST else cs.selector >> 8
         return f"sipi {vector:#x}"
     if cs is not GUEST and cs.selector == 0xF000 and regs["rip"] == 0xFFF0:
@@ -474,7 +477,7 @@ class System:
             self._command_report(vcpu, "start")
         else:
             self._report(vcpu, how)
-            if how not in COMMAND_ACKS:
+            if how is not GUEST and how not in COMMAND_ACKS:
                 self.landed |= {(vcpu, how)}
         if pc < len(program_) and program_[pc].op not in ("run_entry", "start_run"):
             self.pcs[thread] = program_[pc].end  # that report answers the command

@@ -1,6 +1,9 @@
 """The fuzzer's pieces: generated traces are valid and reproducible, the model keeps its own
 invariants on them, the shrinker finds a minimum, and the command runs."""
 
+from dataclasses import replace
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -63,3 +66,39 @@ def test_fuzz_command_on_the_reference_backend(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "60 traces" in out and "coverage (model)" in out
     assert code == 0, out
+
+
+def _self_init_trace(apic="xapic"):
+    setup = f.Setup(vcpus=1, apic=apic, irqchip="kernel", guest="stepper", sync_apic_map=True)
+    steps = (f.GuestCommand(0, "start"), f.Icr(0, 0x4520))
+    return f.Trace(name="self-init", setup=setup, steps=steps)
+
+
+def _mismatch(step, field, expected, observed, vcpu=0):
+    from kvmtest.trace.result import Mismatch
+
+    return Mismatch(step, "<code>", vcpu, field, expected, observed)
+
+
+@pytest.mark.parametrize("apic", ["xapic", "x2apic"])
+def test_known_self_init_divergence_is_classified_on_pvm_only(apic):
+    """The judged kvm_pvm self-INIT divergence (docs/fuzzing.md#self-init) matches exactly its
+    own first mismatch, on the host kind it was judged on."""
+    from types import SimpleNamespace
+
+    from kvmtest.fuzz import known
+
+    trace = _self_init_trace(apic)
+    seen = SimpleNamespace(mismatches=[_mismatch(1, "report", "reset", "icr")])
+    assert known.classify(trace, seen, "pvm") == "pvm-self-init-runs-on"
+    assert known.classify(trace, seen, "vmx") is None  # judged on kvm_pvm only
+    for other in (
+        _mismatch(1, "report", "reset", "woke"),  # another observed value
+        _mismatch(1, "mp_state", "reset", "icr"),  # another field
+        _mismatch(0, "report", "reset", "icr"),  # another step (the start)
+        _mismatch(1, "report", "reset", "icr", vcpu=1),  # not the sender
+    ):
+        assert known.classify(trace, SimpleNamespace(mismatches=[other]), "pvm") is None
+    fixed = replace(trace, steps=(trace.steps[0], replace(trace.steps[1], value=0x4020)))
+    assert known.classify(fixed, seen, "pvm") is None  # a fixed IPI, not an INIT
+    assert known.classify(trace, SimpleNamespace(mismatches=[]), "pvm") is None
