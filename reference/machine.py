@@ -1204,9 +1204,30 @@ class Machine:
                 if self._wake_enabled(v):
                     out.append((v.index, "wake"))
             elif ph == Phase.U_BLOCK:
-                if self.runnable(v):
+                if self._uninit_wake_enabled(v):
                     out.append((v.index, "wake_uninit"))
         return out
+
+    def _uninit_wake_enabled(self, v: VCpu) -> bool:
+        if not self.runnable(v):
+            return False
+        if self.profile.sender_writes_mp_state:
+            return True
+        # Only a pending INIT/SIPI is consumed there; an NMI, an SMI or PV-unhalt alone makes
+        # KVM_RUN return -EAGAIN at once, every time: the thread spins (see spins()).
+        return v.pending_init or v.pending_sipi
+
+    def spins(self, vcpu: int) -> bool:
+        """The thread is inside KVM_RUN and runnable, yet nothing it does changes the vCPU: the
+        kernel's vcpu_block returns at once (IR) or KVM_RUN returns -EAGAIN at once and
+        userspace re-enters (U), without ever sleeping, until an INIT or SIPI (rule 18). Such a
+        thread shows as running, not blocked."""
+        v = self._v(vcpu)
+        if v.phase == Phase.BLOCKED:
+            return self.runnable(v) and not self._wake_enabled(v)
+        if v.phase == Phase.U_BLOCK:
+            return self.runnable(v) and not self._uninit_wake_enabled(v)
+        return False
 
     def step(self, vcpu: int, step_name: str):
         """Apply one enabled reaction (see pending_steps)."""

@@ -25,8 +25,9 @@ class Known(NamedTuple):
 
 
 def _self_init_runs_on(trace: f.Trace, mismatch) -> bool:
-    """The guest wrote an INIT its own APIC accepted (the model resets it there: report
-    "reset"), and KVM let the stepper finish and report the ICR write first."""
+    """The guest wrote an INIT its own APIC accepted (the model resets it there: a BSP reports
+    "reset", an AP waits for its SIPI and reports nothing, "none"), and KVM let the stepper
+    finish and report the ICR write first."""
     if mismatch.step >= len(trace.steps):
         return False
     step = trace.steps[mismatch.step]
@@ -34,7 +35,7 @@ def _self_init_runs_on(trace: f.Trace, mismatch) -> bool:
         isinstance(step, f.Icr)
         and mismatch.vcpu == step.vcpu
         and mismatch.field == "report"
-        and mismatch.expected == "reset"
+        and mismatch.expected in ("reset", "none")
         and mismatch.observed == "icr"
         and enc.decode_icr(step.value, trace.setup.apic == "x2apic").delivery_mode == enc.DM_INIT
     )

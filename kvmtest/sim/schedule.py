@@ -36,7 +36,8 @@ class Sequential:
     def perform(self, op, thread: str | None = None) -> dict:
         """Load `op`, run to quiescence; return its outputs {(vcpu, field): value}: what the
         operation returned or read, the reports the guests sent meanwhile (the last per vCPU)
-        and "thread": "blocked" for every vCPU thread asleep inside KVM_RUN."""
+        and "thread": "blocked" for every vCPU thread asleep inside KVM_RUN ("running" for one
+        that loops there without sleeping, Machine.spins)."""
         system = self.system
         system.reports.clear()
         system.load(op, thread)
@@ -55,11 +56,17 @@ class Sequential:
             raise reference.ModelError(
                 f"the simulated system does not settle: {system.machine.vcpus!r}"
             )
+        return self.collect(out)
+
+    def collect(self, out: dict) -> dict:
+        """Add what the system shows once quiet: the reports, and where each busy thread is."""
+        system = self.system
         for vcpu, what in system.reports:
             out[(vcpu, "report")] = what
         system.reports.clear()
         m = system.machine
         for vcpu in sorted(system.busy()):
             if m.run_status(vcpu) is reference.RunResult.BLOCKED:
-                out[(vcpu, "thread")] = "blocked"  # asleep inside KVM_RUN (HLT, U, IR)
+                # asleep inside KVM_RUN (HLT, U, IR), or looping there without sleeping
+                out[(vcpu, "thread")] = "running" if m.spins(vcpu) else "blocked"
         return out

@@ -92,6 +92,8 @@ def test_known_self_init_divergence_is_classified_on_pvm_only(apic):
     seen = SimpleNamespace(mismatches=[_mismatch(1, "report", "reset", "icr")])
     assert known.classify(trace, seen, "pvm") == "pvm-self-init-runs-on"
     assert known.classify(trace, seen, "vmx") is None  # judged on kvm_pvm only
+    ap = SimpleNamespace(mismatches=[_mismatch(1, "report", "none", "icr")])  # an AP: no report
+    assert known.classify(trace, ap, "pvm") == "pvm-self-init-runs-on"
     for other in (
         _mismatch(1, "report", "reset", "woke"),  # another observed value
         _mismatch(1, "mp_state", "reset", "icr"),  # another field

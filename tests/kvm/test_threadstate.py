@@ -24,7 +24,11 @@ def test_a_thread_asleep_on_a_lock_is_not_blocked_in_kvm():
     thread.start()
     try:
         deadline = time.monotonic() + 2
-        while thread_state(thread.native_id) != "S" and time.monotonic() < deadline:
+        # Until it sleeps and /proc names where (on a loaded host it may be caught between).
+        while (
+            not (thread_state(thread.native_id) == "S" and thread_wchan(thread.native_id))
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.001)
         assert thread_state(thread.native_id) == "S"
         assert wchan_names_available() and thread_wchan(thread.native_id)

@@ -31,13 +31,7 @@ class _Shuffled(Sequential):
             out.update(
                 system.apply(self.rng.choice([m for m in moves if schedule._priority(m) == best]))
             )
-        for vcpu, what in system.reports:
-            out[(vcpu, "report")] = what
-        system.reports.clear()
-        for vcpu in sorted(system.busy()):
-            if system.machine.run_status(vcpu) is reference.RunResult.BLOCKED:
-                out[(vcpu, "thread")] = "blocked"
-        return out
+        return self.collect(out)
 
 
 def _predictions(trace, profile, replay_class, *args):
