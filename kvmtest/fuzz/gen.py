@@ -41,6 +41,7 @@ class _Rng(random.Random):
 
     vectors = VECTORS
     stepper = False  # a stepper guest: no register writes that move its running code
+    mp_states = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
 
 
 SHORTHANDS = [0, 0, 0, 0, 1, 2, 3]  # none mostly; self, all, all-but-self
@@ -119,7 +120,7 @@ def _host_op(rng, n: int, x2apic: bool):
     if r < 0.67:
         return f.GetMpState(v)
     if r < 0.77:
-        state = rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]) if rng.random() < 0.9 else 0x80
+        state = rng.choice(rng.mp_states) if rng.random() < 0.9 else 0x80
         return f.SetMpState(v, state)
     if r < 0.85:
         pick = rng.random
@@ -195,7 +196,7 @@ def _block(rng, n: int, x2apic: bool, started: list) -> f.Concurrently:
                 elif r < 0.85:
                     steps.append(f.GetMpState(rng.randrange(n)))
                 else:
-                    steps.append(f.SetMpState(rng.randrange(n), rng.choice([0, 1, 2, 3])))
+                    steps.append(f.SetMpState(rng.randrange(n), rng.choice(rng.mp_states[:4])))
             else:
                 steps.append(_guest_op(rng, n, x2apic, int(thread[4:])))
         branches.append(f.Branch(thread, tuple(steps)))
@@ -250,6 +251,8 @@ def random_trace(seed: int, name: str | None = None, profile="mainline") -> f.Tr
     guest = "stepper" if rng.random() < 0.5 else "none"
     if guest == "stepper":
         rng.vectors, rng.stepper = LANDING_VECTORS, True
+        # SIPI_RECEIVED starts the vCPU at the last SIPI vector, 0 if none came: no landing page
+        rng.mp_states = [s for s in _Rng.mp_states if s != 3]
     setup = f.Setup(
         vcpus=n,
         apic="x2apic" if x2apic else "xapic",
