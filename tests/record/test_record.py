@@ -13,7 +13,7 @@ import pytest
 from kvmtest import ops as f
 from kvmtest.record import bpf
 from kvmtest.record.check import check_trace
-from kvmtest.record.ioctls import BY_NAME, KVM_RUN
+from kvmtest.record.ioctls import BY_NAME, IOCTLS, KVM_RUN, RECORDED
 from kvmtest.record.report import render_check
 from kvmtest.trace import dump_trace, load_trace, parse_trace
 
@@ -29,16 +29,54 @@ def test_ioctl_numbers_are_the_kernels():
     assert KVM_RUN == 0xAE80
 
 
+def test_each_request_encodes_its_layouts_size():
+    from kvmtest.record.ioctls import layout_of
+
+    for info in IOCTLS.values():
+        if info.layout is not None:
+            size = 8 if info.layout == "kvm_msrs" else layout_of(info).sizeof()
+            assert info.size == size, info.name
+
+
+KVM_IRQ_LINE_STATUS, KVM_CHECK_EXTENSION = 0xC008AE67, 0xAE03
+
+
 @pytest.mark.parametrize("all_ioctls", [False, True])
 def test_the_filter_traces_kvm_ioctls_only(all_ioctls):
     prog = bpf.program(all_ioctls)
     trace, allow = bpf.SECCOMP_RET_TRACE, bpf.SECCOMP_RET_ALLOW
-    assert bpf.run(prog, 16, X86_64, BY_NAME["KVM_GET_MP_STATE"].request) == trace
+    for request in RECORDED:
+        assert bpf.run(prog, 16, X86_64, request) == trace, hex(request)
     assert bpf.run(prog, 16, X86_64, 0xAE01) == trace  # KVM_CREATE_VM
     assert bpf.run(prog, 16, X86_64, 0x5401) == allow  # TCGETS
     assert bpf.run(prog, 0, X86_64, BY_NAME["KVM_GET_MP_STATE"].request) == allow  # read()
     assert bpf.run(prog, 16, 0x40000003, 0xAE98) == allow  # i386
     assert bpf.run(prog, 16, X86_64, KVM_RUN) == (trace if all_ioctls else allow)
+    # KVM ioctls no step stands for run without a stop, unless all_ioctls
+    for request in (KVM_IRQ_LINE_STATUS, KVM_CHECK_EXTENSION):
+        assert bpf.run(prog, 16, X86_64, request) == (trace if all_ioctls else allow)
+
+
+def test_run_watch_marks_a_vcpu_when_its_kvm_run_shows_a_new_exit():
+    from kvmtest.record.tracer import RUN_EXIT_AREA, RunWatch
+
+    area = bytearray(RUN_EXIT_AREA[1])  # the VMM's memory: a zeroed kvm_run from exit_reason
+
+    def read(tgid, address, size):
+        start = address - 0x1000 - RUN_EXIT_AREA[0]
+        return bytes(area[start : start + size])
+
+    watch = RunWatch()
+    watch.add((0, 0), 1, 0)
+    del watch.wanted[(0, 0)]  # as the first look leaves it once /proc/1/maps showed the page
+    watch.pages[(0, 0)] = (1, 0x1000)
+    assert not watch.moved((0, 0), read)  # never ran: the page is as KVM created it
+    area[0:4] = (2).to_bytes(4, "little")  # KVM_EXIT_IO
+    assert watch.moved((0, 0), read)
+    assert not watch.moved((0, 0), read)  # the same exit: nothing new
+    area[8 + 3] ^= 1  # the exit union changes (another port)
+    assert watch.moved((0, 0), read)
+    assert not watch.moved((1, 0), read)  # a vCPU it does not know
 
 
 @pytest.mark.parametrize("path", RECORDINGS, ids=lambda p: p.stem)
