@@ -77,6 +77,16 @@ def resolve_profile(args) -> str:
     return args.profile
 
 
+def record_main(argv) -> int:
+    """`kvmtest record` on its own: a parser of this module's commands only, so that the VMM
+    starts without the imports of the whole command line (kvmtest.cli.main sends it here)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="kvmtest")
+    add_parser(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    return _record(parser.parse_args(argv))
+
+
 def main(args) -> int:
     if args.command == "record":
         return _record(args)
@@ -85,27 +95,57 @@ def main(args) -> int:
     return _replay(args)
 
 
-def _record(args) -> int:
-    from kvmtest.trace import dump_trace
+def _import_the_rest() -> None:
+    """What writing the trace needs (construct, the trace format: about 0.2 s), imported in a
+    thread while the VMM runs. The recorder's loop waits in waitpid without the GIL; the short
+    switch interval lets it take the GIL back quickly at a stop meanwhile."""
+    import threading
 
-    from .convert import to_trace
+    def work():
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(0.0005)
+        try:
+            import kvmtest.kvm.layouts  # noqa: F401
+            import kvmtest.record.convert  # noqa: F401
+            import kvmtest.trace.dump  # noqa: F401
+        except Exception:  # noqa: BLE001 - imported again, and reported, after the run
+            pass
+        finally:
+            sys.setswitchinterval(interval)
+
+    threading.Thread(target=work, name="kvmtest-imports", daemon=True).start()
+
+
+def _record(args) -> int:
     from .tracer import RecordError, record
 
     argv = args.vmm[1:] if args.vmm[:1] == ["--"] else args.vmm
     try:
-        rec = record(argv, all_ioctls=args.all_ioctls)
+        out = open(args.output, "w")  # before the run: a path that cannot be written fails now
+    except OSError as exc:
+        print(f"kvmtest record: {args.output}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        rec = record(argv, all_ioctls=args.all_ioctls, meanwhile=_import_the_rest)
     except (RecordError, OSError) as exc:
+        out.close()
         print(f"kvmtest record: {exc}", file=sys.stderr)
         return 2
+    from kvmtest.trace import dump_trace
+
+    from .convert import to_trace
+
     try:
         trace = to_trace(rec, args.name)
     except ValueError as exc:
+        out.close()
         print(f"kvmtest record: {exc}", file=sys.stderr)
         return 2
-    with open(args.output, "w") as out:
+    with out:
         out.write(dump_trace(trace))
+    runs = f", {rec.counts.get('KVM_RUN', 0)} KVM_RUN calls" if rec.all_ioctls else ""
     print(
-        f"kvmtest record: {len(trace.steps)} steps, {rec.stops} ptrace stops, "
+        f"kvmtest record: {len(trace.steps)} steps, {rec.stops} ptrace stops{runs}, "
         f"{trace.setup.vcpus} vCPUs, {rec.duration:.2f} s -> {args.output}",
         file=sys.stderr,
     )
