@@ -107,6 +107,17 @@ STEP_IOCTLS = {
     "KVM_NMI",
 }
 
+# The GET ioctls by the `observe` read that stands for them (docs/traces.md, observe).
+READS = {
+    "KVM_GET_MP_STATE": "mp_state",
+    "KVM_GET_REGS": "regs",
+    "KVM_GET_SREGS": "sregs",
+    "KVM_GET_SREGS2": "sregs",
+    "KVM_GET_VCPU_EVENTS": "events",
+    "KVM_GET_LAPIC": "lapic",
+    "KVM_GET_MSRS": "msrs",
+}
+
 # The ioctls the recorder stops at without --all-ioctls: the steps' (KVM_RUN aside: its
 # returns are inferred, tracer.py) and the ones that say which fd is which VM or vCPU, and
 # whether a VM's irqchip is split. Every other KVM ioctl runs without a stop.
