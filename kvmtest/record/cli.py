@@ -20,16 +20,19 @@ def add_parser(commands) -> None:
     rec = commands.add_parser(
         "record",
         help="run a VMM under ptrace and write its KVM ioctls as a trace",
-        description="Run COMMAND (a VMM such as QEMU) under ptrace, stopping only at KVM "
-        "ioctls (a seccomp filter), and write what each thread did and saw as a trace file: "
-        "host-side actions as steps, reads as observe steps with the values seen, KVM_RUN as "
-        "guest_ran.",
+        description="Run COMMAND (a VMM such as QEMU) under ptrace, stopping only at the KVM "
+        "ioctls a trace step stands for (a seccomp filter), and write what each thread did and "
+        "saw as a trace file: host-side actions as steps with what each ioctl returned, reads "
+        "as observe steps with the values seen, KVM_RUN as guest_ran (inferred by reading "
+        "each vCPU's kvm_run page; the VMM's memory is never written). Exit: the VMM's own "
+        "exit code, 2 if nothing could be written.",
     )
     rec.add_argument("-o", "--output", required=True, metavar="FILE", help="trace to write")
     rec.add_argument(
         "--all-ioctls",
         action="store_true",
-        help="stop at KVM_RUN too (exact guest_ran steps; slower for guests that exit often)",
+        help="stop at every KVM ioctl, KVM_RUN included (exact guest_ran steps; slower for "
+        "guests that exit often)",
     )
     rec.add_argument("--name", help="trace name (default: recording-<command>)")
     rec.add_argument("vmm", nargs="+", metavar="COMMAND", help="the VMM and its arguments")
@@ -117,32 +120,41 @@ def _import_the_rest() -> None:
 
 
 def _record(args) -> int:
+    import os
+    import tempfile
+
     from .tracer import RecordError, record
 
     argv = args.vmm[1:] if args.vmm[:1] == ["--"] else args.vmm
+    # Written to a file beside the output and renamed at the end: a directory that cannot be
+    # written fails before the run, and a failed run leaves an earlier recording as it was.
     try:
-        out = open(args.output, "w")  # before the run: a path that cannot be written fails now
+        fd, partial = tempfile.mkstemp(
+            prefix=".kvmtest-record-", dir=os.path.dirname(os.path.abspath(args.output))
+        )
     except OSError as exc:
         print(f"kvmtest record: {args.output}: {exc.strerror}", file=sys.stderr)
         return 2
-    try:
-        rec = record(argv, all_ioctls=args.all_ioctls, meanwhile=_import_the_rest)
-    except (RecordError, OSError) as exc:
-        out.close()
-        print(f"kvmtest record: {exc}", file=sys.stderr)
-        return 2
-    from kvmtest.trace import dump_trace
+    with os.fdopen(fd, "w") as out:
+        try:
+            rec = record(argv, all_ioctls=args.all_ioctls, meanwhile=_import_the_rest)
+            from kvmtest.trace import dump_trace
 
-    from .convert import to_trace
+            from .convert import to_trace
 
-    try:
-        trace = to_trace(rec, args.name)
-    except ValueError as exc:
-        out.close()
-        print(f"kvmtest record: {exc}", file=sys.stderr)
-        return 2
-    with out:
-        out.write(dump_trace(trace))
+            trace = to_trace(rec, args.name)
+            out.write(dump_trace(trace))
+        except (RecordError, OSError, ValueError) as exc:
+            os.unlink(partial)
+            print(f"kvmtest record: {exc}", file=sys.stderr)
+            return 2
+        except BaseException:
+            os.unlink(partial)
+            raise
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o666 & ~umask)  # as open() would have made it (mkstemp: 0600)
+    os.replace(partial, args.output)
     runs = f", {rec.counts.get('KVM_RUN', 0)} KVM_RUN calls" if rec.all_ioctls else ""
     print(
         f"kvmtest record: {len(trace.steps)} steps, {rec.stops} ptrace stops{runs}, "

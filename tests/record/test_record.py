@@ -314,6 +314,24 @@ def test_kvmtest_check_exit_codes(tmp_path):
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
 
 
+def test_a_failed_recording_leaves_the_output_as_it_was(tmp_path):
+    earlier = tmp_path / "rec.yaml"
+    earlier.write_text("an earlier recording\n")
+    done = _kvmtest("record", "-o", str(earlier), "--", "true")  # no VM: nothing to write
+    assert done.returncode == 2, done.stderr
+    assert (
+        done.stderr.strip() == "kvmtest record: the VMM created no VM with vCPUs: nothing to write"
+    )
+    assert earlier.read_text() == "an earlier recording\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["rec.yaml"]  # no partial file left
+    missing = _kvmtest("record", "-o", str(tmp_path / "no" / "rec.yaml"), "--", "true")
+    assert missing.returncode == 2
+    assert (
+        missing.stderr
+        == f"kvmtest record: {tmp_path / 'no' / 'rec.yaml'}: No such file or directory\n"
+    )
+
+
 # ------------------------------------------------------------------ live: QEMU on this host
 
 needs_qemu = pytest.mark.skipif(
