@@ -99,9 +99,10 @@ def main() -> int:
     for _ in range(args.runs):
         for name, argv in runs.items():
             elapsed, err = timed(argv)
-            best[name] = min(best.get(name, elapsed), elapsed)
-            if name == "kvmtest record":
-                stops = next((ln for ln in err.splitlines() if "ptrace stops" in ln), stops)
+            if elapsed < best.get(name, float("inf")):
+                best[name] = elapsed
+                if name == "kvmtest record":  # the best run's summary line
+                    stops = next((ln for ln in err.splitlines() if "ptrace stops" in ln), stops)
     counting = record if args.all_ioctls else record + ["--all-ioctls"]
     _, err = timed(counting + ["--"] + qemu)
     found = re.search(r"(\d+) KVM_RUN calls", err)

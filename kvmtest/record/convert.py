@@ -68,6 +68,8 @@ def to_trace(rec: Recording, name: str | None = None) -> f.Trace:
         f"{command}. {rec.stops} ptrace stops for KVM ioctls in {rec.duration:.2f} s; the "
         f"VMM exited with status {rec.exit_status}."
     )
+    if rec.inference:
+        description += f" guest_ran inferred from {rec.inference}."
     if others:
         description += f" Other VMs it created ({len(others)}) are not in this trace."
     return f.Trace(

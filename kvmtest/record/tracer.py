@@ -111,8 +111,8 @@ class RunWatch:
     of the fd), and debugfs holds the `exits` statistic per VM, not per vCPU. Nor is writing
     a marker safe (the recorder once wrote KVM_EXIT_UNKNOWN, 0, over exit_reason after each
     look): QEMU reads exit_reason right after KVM_RUN returns 0, so a vCPU that exits between
-    the recorder's read and its write sees reason 0, and QEMU stops the VM ("KVM: unknown exit
-    reason 0")."""
+    the recorder's read and its write has QEMU see KVM_EXIT_UNKNOWN: it prints "KVM: unknown
+    exit, hardware reason 0" and stops the VM (accel/kvm/kvm-all.c, kvm_cpu_exec)."""
 
     def __init__(self):
         self.pages: dict = {}  # key -> (tgid, address of kvm_run)

@@ -5,9 +5,10 @@ registers in rounds. The live tests record them; run this file to record the fix
     python tests/record/clients.py [DIRECTORY]     (default: tests/record/fixtures)
 """
 
-import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from kvmtest.record.bios import EXIT_STATUS, qemu_command, seabios_command, smp_bios
@@ -52,14 +53,16 @@ def record(name: str, directory: Path, out: Path, timeout: float = 120) -> tuple
 
 def main(argv) -> int:
     target = Path(argv[0]) if argv else HERE / "fixtures"
-    work = Path(os.environ.get("TMPDIR", "/tmp")) / "kvmtest-record-clients"
-    work.mkdir(exist_ok=True)
-    for name in CLIENTS:
-        done, status = record(name, work, target / f"{name}.yaml")
-        print(f"{name}: {done.stderr.strip().splitlines()[-1]}")
-        if done.returncode != status:
-            print(f"{name}: exit {done.returncode}, not {status}", file=sys.stderr)
-            return 1
+    work = Path(tempfile.mkdtemp(prefix="rec-"))  # the BIOS and socket, named in the fixtures
+    try:
+        for name in CLIENTS:
+            done, status = record(name, work, target / f"{name}.yaml")
+            print(f"{name}: {done.stderr.strip().splitlines()[-1]}")
+            if done.returncode != status:
+                print(f"{name}: exit {done.returncode}, not {status}", file=sys.stderr)
+                return 1
+    finally:
+        shutil.rmtree(work)
     return 0
 
 
