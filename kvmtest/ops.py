@@ -106,12 +106,14 @@ class Setup:
 class Step:
     """Base of every operation. ``line``: where it was written (None when built in code).
     ``at`` and ``tid``: when and by which OS thread a recorded VMM did it (seconds since the
-    recording started, the thread's id; `kvmtest record`), None otherwise. Like ``line`` they
-    are annotations, not part of an operation's identity."""
+    recording started, the thread's id; `kvmtest record`), None otherwise; ``result``: what
+    the recorded ioctl returned (0, a count, or -errno). Like ``line`` they are annotations,
+    not part of an operation's identity."""
 
     line: int | None = field(default=None, kw_only=True, compare=False)
     at: float | None = field(default=None, kw_only=True, compare=False)
     tid: int | None = field(default=None, kw_only=True, compare=False)
+    result: int | None = field(default=None, kw_only=True, compare=False)
 
     kind = "step"
 

@@ -5,9 +5,6 @@ import sys
 
 from kvmtest import __version__
 
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
-from .profiles import add_profile_options, resolve_profile
-
 # `kvmtest run`'s exit codes, kselftest style; the README's commands table says the same.
 RUN_EXIT_CODES = """exit codes:
   0    every judged trace passed (at least one was judged)
@@ -21,6 +18,8 @@ RUN_EXIT_CODES = """exit codes:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .profiles import add_profile_options
+
     parser = argparse.ArgumentParser(
         prog="kvmtest",
         description="Conformance tester for Linux KVM's x86 INIT and SIPI handling.",
@@ -192,6 +191,8 @@ def _selection_options(parser) -> None:
 def _model(args) -> int:
     from reference import describe
 
+    from .profiles import resolve_profile
+
     profile = resolve_profile(args)
     if args.format == "dot":
         print(describe.state_graph_dot(profile), end="")
@@ -228,8 +229,20 @@ def _positive(text: str) -> int:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["record"]:  # the VMM starts before the rest of kvmtest is imported
+        from kvmtest.record.cli import record_main
+
+        try:
+            return record_main(argv)
+        except KeyboardInterrupt:
+            from .errors import EXIT_INTERRUPTED
+
+            print("kvmtest: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+    from .errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
+
+    parser = build_parser()
     after = []
     if argv[:1] == ["matrix"]:  # `kvmtest matrix boot K -- RUN-ARGS`
         from kvmtest.matrix.cli import split_after_dashes

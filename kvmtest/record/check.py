@@ -6,18 +6,27 @@ values the VMM saw (its `expect`) are compared with the model's prediction:
 
 - a value the model does not know (GUEST: the vCPU ran guest code) is not compared;
 - a value that differs, where guest code ran somewhere in the VM, may be the guest's doing: an
-  INIT or SIPI its code sent, or a HLT. The checker looks for a short sequence of such guest
-  actions (at most MAX_GUEST_ACTIONS) that leads the model to exactly what the VMM saw; if one
-  exists the observation is explained, and the model continues from there;
+  INIT or SIPI its code sent (from any vCPU that ran guest code before, even if the VMM has
+  since written its registers back: QEMU does after each register query), or a HLT. The
+  checker looks for a short sequence of such guest actions (at most MAX_GUEST_ACTIONS) that
+  leads the model to exactly what the VMM saw; if one exists the observation is explained,
+  and the model continues from there;
 - otherwise the observation is one the model does not allow after what the VMM did before it:
   a finding, with the step, the value seen and the values allowed.
 
 Before each host-side action the checker asks whether it is a known VMM hazard (HAZARDS), with
 the rule of docs/semantics.md that makes it one.
+
+Return values (a step's `result`, what the recorded ioctl returned): where the model predicts
+one (every host-side action it performs: 0 or -errno, KVM_SIGNAL_MSI's count, whether
+KVM_SET_MSRS took IA32_APIC_BASE) the two must agree: `unexpected-result` otherwise. When KVM
+refused what the model accepts, the model goes on as KVM did, without the action. A GET the
+model has succeed on every created vCPU, so a failed one is `failed-read`.
 """
 
 from __future__ import annotations
 
+import errno
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -54,6 +63,33 @@ HAZARDS = {
         "the VMM saw a value the model does not allow after what it did before",
         ("24",),
     ),
+    "unexpected-result": (
+        "an ioctl returned what the model does not give after what the VMM did before",
+        (),  # the rule depends on the ioctl: RESULT_RULES
+    ),
+    "failed-read": ("a GET ioctl failed where the model has it succeed", ()),
+}
+
+# The ioctl a step stands for, and the rules behind its return value where one says it.
+IOCTL_OF = {
+    "set_mp_state": "KVM_SET_MP_STATE",
+    "set_regs": "KVM_SET_REGS",
+    "set_sregs": "KVM_SET_SREGS",
+    "set_vcpu_events": "KVM_SET_VCPU_EVENTS",
+    "set_lapic": "KVM_SET_LAPIC",
+    "set_msrs": "KVM_SET_MSRS",
+    "msi": "KVM_SIGNAL_MSI",
+    "smi": "KVM_SMI",
+    "nmi": "KVM_NMI",
+}
+RESULT_RULES = {"set_mp_state": ("28",), "msi": ("39",), "set_lapic": ("36",)}
+READ_IOCTL = {
+    "mp_state": "KVM_GET_MP_STATE",
+    "regs": "KVM_GET_REGS",
+    "sregs": "KVM_GET_SREGS",
+    "events": "KVM_GET_VCPU_EVENTS",
+    "lapic": "KVM_GET_LAPIC",
+    "msrs": "KVM_GET_MSRS",
 }
 
 
@@ -69,6 +105,7 @@ class Finding:
     field: str = ""  # unexplained-observation: the field; hazards: ""
     expected: object = None  # what the model allows
     observed: object = None  # what the VMM saw or did
+    rule_list: tuple = ()  # the rules, where HAZARDS leaves them to the finding
 
     @property
     def title(self) -> str:
@@ -76,7 +113,7 @@ class Finding:
 
     @property
     def rules(self) -> tuple:
-        return HAZARDS[self.name][1]
+        return HAZARDS[self.name][1] or self.rule_list
 
     def to_json(self) -> dict:
         return {
@@ -116,24 +153,105 @@ def check_trace(trace: f.Trace, profile="mainline", flavour: str = "vmx", smm: b
     system = System(trace.setup, profile_obj, flavour, None, smm)
     result = CheckResult(trace, profile_obj.name)
     seq = Sequential(system)
+    ran: set = set()  # vCPUs that ran guest code at some point: possible INIT/SIPI senders
     for index, step in enumerate(trace.steps):
+        ran |= _guest_live(system.machine)
         if step.kind == "observe":
-            system = _observe(result, seq, system, index, step)
+            if step.result is not None and step.result < 0:
+                result.findings.append(_failed_read(result, index, step))
+            system = _observe(result, seq, system, index, step, ran)
             seq = Sequential(system)
             continue
         if step.kind == "concurrently":
             raise ValueError("a recording has no concurrently block")
         before = system.clone()
         _hazards_before(result, system.machine, index, step)
-        seq.perform(step)
+        predicted = seq.perform(step)
         _hazards_after(result, before.machine, system.machine, index, step)
+        if _result_differs(result, index, step, predicted) and step.result < 0:
+            system = before  # KVM refused it: go on as KVM did, without the action
+            seq = Sequential(system)
     return result
+
+
+# ------------------------------------------------------------------ return values
+
+
+def _result_differs(result: CheckResult, index: int, step, predicted: dict) -> bool:
+    """Compare the recorded return value with the model's; a finding if they differ."""
+    if step.result is None or step.kind not in IOCTL_OF:
+        return False
+    vcpu = getattr(step, "vcpu", None)
+    want = predicted.get((vcpu, "result"))
+    if want is None or want is GUEST:
+        return False
+    result.compared += 1
+    if want == step.result:
+        return False
+    what = IOCTL_OF[step.kind]
+    if step.kind == "set_mp_state":
+        what += f"({f.MP_STATE_NAMES.get(step.state, step.state)})"
+    elif step.kind == "set_msrs":
+        what += f" of IA32_APIC_BASE = {step.values[0][1]:#x}"
+    on = f" on vCPU {vcpu}" if vcpu is not None else ""
+    message = (
+        f"{what}{on} returned {_show_result(step.kind, step.result)}; after what the VMM did "
+        f"before it the model has it return {_show_result(step.kind, want)}"
+    )
+    if step.result < 0:
+        message += " (the check goes on as if it had not been made, as KVM did)"
+    result.findings.append(
+        Finding(
+            "unexpected-result",
+            index,
+            result.trace.location(step),
+            vcpu,
+            message,
+            step.at,
+            step.tid,
+            "result",
+            want,
+            step.result,
+            RESULT_RULES.get(step.kind, ()),
+        )
+    )
+    return True
+
+
+def _failed_read(result: CheckResult, index: int, step) -> Finding:
+    vcpu, read = step.vcpus[0], step.read[0]
+    message = (
+        f"{READ_IOCTL[read]} of vCPU {vcpu} failed with {_show_result('', step.result)}; the "
+        "model has every read of a created vCPU succeed"
+    )
+    return Finding(
+        "failed-read",
+        index,
+        result.trace.location(step),
+        vcpu,
+        message,
+        step.at,
+        step.tid,
+        "result",
+        0,
+        step.result,
+    )
+
+
+def _show_result(kind: str, value: int) -> str:
+    if value < 0:
+        return f"-{errno.errorcode.get(-value, str(-value))} ({value})"
+    if kind == "set_msrs":
+        return f"{value} (IA32_APIC_BASE {'taken' if value else 'refused'})"
+    if kind == "msi":
+        return f"{value} (LAPICs that accepted it)"
+    return str(value)
 
 
 # ------------------------------------------------------------------ observations
 
 
-def _observe(result: CheckResult, seq: Sequential, system: System, index: int, step):
+def _observe(result: CheckResult, seq: Sequential, system: System, index: int, step, ran: set):
     result.observations += 1
     before = system.clone()
     predicted = seq.perform(step)
@@ -155,13 +273,13 @@ def _observe(result: CheckResult, seq: Sequential, system: System, index: int, s
     if not wrong:
         return system
     vcpu = step.vcpus[0]
-    found = _explain(before, step, vcpu)
+    found = _explain(before, step, vcpu, ran)
     if found is not None:
         explained_system, actions = found
         result.explained.append((index, result.trace.location(step), vcpu, ", ".join(actions)))
         return explained_system
     for (v, name), (want, seen) in sorted(wrong.items(), key=lambda kv: kv[0][1]):
-        result.findings.append(_unexplained(result, system, index, step, v, name, want, seen))
+        result.findings.append(_unexplained(result, system, index, step, v, name, want, seen, ran))
     _adopt(system, step)
     return system
 
@@ -187,10 +305,11 @@ def _guest_live(machine) -> set:
     return {v.index for v in machine.vcpus if v.regs["rip"] is GUEST}
 
 
-def _explain(before: System, step, target: int):
+def _explain(before: System, step, target: int, ran: set = frozenset()):
     """A shortest sequence of guest actions after which the observation shows what the VMM
-    saw, with the system after the observation; None if there is none."""
-    if not _guest_live(before.machine) - {target} and target not in _guest_live(before.machine):
+    saw, with the system after the observation; None if there is none. `ran`: vCPUs that ran
+    guest code earlier (senders too)."""
+    if not ran | _guest_live(before.machine):
         return None  # no guest code ran anywhere: nothing but the VMM acted
     queue = deque([(before, ())])
     seen = {before.key()}
@@ -207,7 +326,7 @@ def _explain(before: System, step, target: int):
                 return trial, list(actions)
         if len(actions) >= MAX_GUEST_ACTIONS:
             continue
-        for label, apply in _guest_actions(system, target):
+        for label, apply in _guest_actions(system, target, ran):
             nxt = system.clone()
             try:
                 if apply(nxt) is False:
@@ -221,9 +340,9 @@ def _explain(before: System, step, target: int):
     return None
 
 
-def _guest_actions(system: System, target: int):
+def _guest_actions(system: System, target: int, ran: set = frozenset()):
     m = system.machine
-    senders = sorted(_guest_live(m) - {target})
+    senders = sorted((ran | _guest_live(m)) - {target})
     t = m.vcpus[target]
     dest = t.xapic_id << 56
     for s in senders[:1]:  # which running vCPU sent it does not change the target
@@ -275,7 +394,7 @@ def _adopt(system: System, step) -> None:
                 pass
 
 
-def _unexplained(result, system, index, step, vcpu, name, want, seen) -> Finding:
+def _unexplained(result, system, index, step, vcpu, name, want, seen, ran) -> Finding:
     read = step.read[0]
     ioctl = {
         "mp_state": "KVM_GET_MP_STATE",
@@ -285,7 +404,7 @@ def _unexplained(result, system, index, step, vcpu, name, want, seen) -> Finding
         "lapic": "KVM_GET_LAPIC",
         "msrs": "KVM_GET_MSRS",
     }[read]
-    live = _guest_live(system.machine)
+    live = ran | _guest_live(system.machine)
     why = (
         "no guest code ran in the VM before it, so nothing but the VMM's own steps can explain it"
         if not live

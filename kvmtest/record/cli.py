@@ -20,16 +20,19 @@ def add_parser(commands) -> None:
     rec = commands.add_parser(
         "record",
         help="run a VMM under ptrace and write its KVM ioctls as a trace",
-        description="Run COMMAND (a VMM such as QEMU) under ptrace, stopping only at KVM "
-        "ioctls (a seccomp filter), and write what each thread did and saw as a trace file: "
-        "host-side actions as steps, reads as observe steps with the values seen, KVM_RUN as "
-        "guest_ran.",
+        description="Run COMMAND (a VMM such as QEMU) under ptrace, stopping only at the KVM "
+        "ioctls a trace step stands for (a seccomp filter), and write what each thread did and "
+        "saw as a trace file: host-side actions as steps with what each ioctl returned, reads "
+        "as observe steps with the values seen, KVM_RUN as guest_ran (inferred by reading "
+        "each vCPU's kvm_run page; the VMM's memory is never written). Exit: the VMM's own "
+        "exit code, 2 if nothing could be written.",
     )
     rec.add_argument("-o", "--output", required=True, metavar="FILE", help="trace to write")
     rec.add_argument(
         "--all-ioctls",
         action="store_true",
-        help="stop at KVM_RUN too (exact guest_ran steps; slower for guests that exit often)",
+        help="stop at every KVM ioctl, KVM_RUN included (exact guest_ran steps; slower for "
+        "guests that exit often)",
     )
     rec.add_argument("--name", help="trace name (default: recording-<command>)")
     rec.add_argument("vmm", nargs="+", metavar="COMMAND", help="the VMM and its arguments")
@@ -77,6 +80,16 @@ def resolve_profile(args) -> str:
     return args.profile
 
 
+def record_main(argv) -> int:
+    """`kvmtest record` on its own: a parser of this module's commands only, so that the VMM
+    starts without the imports of the whole command line (kvmtest.cli.main sends it here)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="kvmtest")
+    add_parser(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    return _record(parser.parse_args(argv))
+
+
 def main(args) -> int:
     if args.command == "record":
         return _record(args)
@@ -85,27 +98,66 @@ def main(args) -> int:
     return _replay(args)
 
 
-def _record(args) -> int:
-    from kvmtest.trace import dump_trace
+def _import_the_rest() -> None:
+    """What writing the trace needs (construct, the trace format: about 0.2 s), imported in a
+    thread while the VMM runs. The recorder's loop waits in waitpid without the GIL; the short
+    switch interval lets it take the GIL back quickly at a stop meanwhile."""
+    import threading
 
-    from .convert import to_trace
+    def work():
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(0.0005)
+        try:
+            import kvmtest.kvm.layouts  # noqa: F401
+            import kvmtest.record.convert  # noqa: F401
+            import kvmtest.trace.dump  # noqa: F401
+        except Exception:  # noqa: BLE001 - imported again, and reported, after the run
+            pass
+        finally:
+            sys.setswitchinterval(interval)
+
+    threading.Thread(target=work, name="kvmtest-imports", daemon=True).start()
+
+
+def _record(args) -> int:
+    import os
+    import tempfile
+
     from .tracer import RecordError, record
 
     argv = args.vmm[1:] if args.vmm[:1] == ["--"] else args.vmm
+    # Written to a file beside the output and renamed at the end: a directory that cannot be
+    # written fails before the run, and a failed run leaves an earlier recording as it was.
     try:
-        rec = record(argv, all_ioctls=args.all_ioctls)
-    except (RecordError, OSError) as exc:
-        print(f"kvmtest record: {exc}", file=sys.stderr)
+        fd, partial = tempfile.mkstemp(
+            prefix=".kvmtest-record-", dir=os.path.dirname(os.path.abspath(args.output))
+        )
+    except OSError as exc:
+        print(f"kvmtest record: {args.output}: {exc.strerror}", file=sys.stderr)
         return 2
-    try:
-        trace = to_trace(rec, args.name)
-    except ValueError as exc:
-        print(f"kvmtest record: {exc}", file=sys.stderr)
-        return 2
-    with open(args.output, "w") as out:
-        out.write(dump_trace(trace))
+    with os.fdopen(fd, "w") as out:
+        try:
+            rec = record(argv, all_ioctls=args.all_ioctls, meanwhile=_import_the_rest)
+            from kvmtest.trace import dump_trace
+
+            from .convert import to_trace
+
+            trace = to_trace(rec, args.name)
+            out.write(dump_trace(trace))
+        except (RecordError, OSError, ValueError) as exc:
+            os.unlink(partial)
+            print(f"kvmtest record: {exc}", file=sys.stderr)
+            return 2
+        except BaseException:
+            os.unlink(partial)
+            raise
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o666 & ~umask)  # as open() would have made it (mkstemp: 0600)
+    os.replace(partial, args.output)
+    runs = f", {rec.counts.get('KVM_RUN', 0)} KVM_RUN calls" if rec.all_ioctls else ""
     print(
-        f"kvmtest record: {len(trace.steps)} steps, {rec.stops} ptrace stops, "
+        f"kvmtest record: {len(trace.steps)} steps, {rec.stops} ptrace stops{runs}, "
         f"{trace.setup.vcpus} vCPUs, {rec.duration:.2f} s -> {args.output}",
         file=sys.stderr,
     )

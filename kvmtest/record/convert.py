@@ -5,6 +5,9 @@ their `expect`, KVM_RUN becomes `guest_ran`; every step carries `at:` and `tid:`
 `pinned_profiles` is empty: the pins are what one kernel showed one VMM, judged by
 `kvmtest check`, not hand-written expectations for `kvmtest run`.
 
+Every step that is one ioctl carries what it returned as `result`, also a GET that failed (an
+`observe` that pins nothing); `kvmtest check` compares it with the model.
+
 What is not carried over (docs/traces.md, "Recordings"): MSRs other than IA32_APIC_BASE,
 registers other than rip/rflags/rdx, LAPIC registers other than id/ldr/dfr/spiv, the vCPU
 events other than the SIPI vector and the SMM fields, and every ioctl that is none of these.
@@ -21,6 +24,7 @@ from .ioctls import (
     KVM_VCPUEVENT_VALID_SIPI_VECTOR,
     KVM_VCPUEVENT_VALID_SMM,
     MSR_APIC_BASE,
+    READS,
     STEP_IOCTLS,
 )
 from .tracer import Recording
@@ -51,8 +55,9 @@ def to_trace(rec: Recording, name: str | None = None) -> f.Trace:
     for event in rec.events:
         if event.vm != vm or event.name not in STEP_IOCTLS:
             continue
-        if event.result < 0 and not event.name.startswith("KVM_SET"):
-            continue  # a failed read shows nothing
+        if event.result < 0 and event.name in READS:
+            steps += _failed_read(event)
+            continue
         steps += _steps(event, apic_base)
     if not steps:
         raise ValueError("the VMM made no KVM ioctl that a trace step stands for")
@@ -63,6 +68,8 @@ def to_trace(rec: Recording, name: str | None = None) -> f.Trace:
         f"{command}. {rec.stops} ptrace stops for KVM ioctls in {rec.duration:.2f} s; the "
         f"VMM exited with status {rec.exit_status}."
     )
+    if rec.inference:
+        description += f" guest_ran inferred from {rec.inference}."
     if others:
         description += f" Other VMs it created ({len(others)}) are not in this trace."
     return f.Trace(
@@ -81,12 +88,25 @@ def to_trace(rec: Recording, name: str | None = None) -> f.Trace:
     )
 
 
+def _failed_read(event) -> list:
+    """A GET that failed: an observe that pins nothing, with its -errno as `result`."""
+    if event.vcpu is None:
+        return []
+    if event.name == "KVM_GET_MSRS":  # only if it was to read IA32_APIC_BASE
+        entries = event.arg.entries if event.arg is not None else ()
+        if not any(e.index == MSR_APIC_BASE for e in entries):
+            return []
+    notes = {"at": round(event.at, 6), "tid": event.tid, "result": event.result}
+    return [f.Observe((event.vcpu,), (READS[event.name],), None, {}, **notes)]
+
+
 def _steps(event, apic_base: dict) -> list:
     v, name = event.vcpu, event.name
-    notes = {"at": round(event.at, 6), "tid": event.tid}
+    bare = {"at": round(event.at, 6), "tid": event.tid}  # a step the ioctl implies
+    notes = {**bare, "result": event.result}  # the step that is the ioctl: its return value
     arg, out = event.arg, event.out
     if name == "KVM_RUN":
-        return [f.GuestRan(v, **notes)]
+        return [f.GuestRan(v, **bare)]
     if name == "KVM_SIGNAL_MSI":
         if arg is None:
             return []
@@ -106,7 +126,7 @@ def _steps(event, apic_base: dict) -> list:
     if name in ("KVM_SET_SREGS", "KVM_SET_SREGS2") and arg is not None:
         out_steps = []
         if apic_base.get(v) != arg.apic_base:  # SET_SREGS also sets IA32_APIC_BASE
-            out_steps.append(f.SetMsrs(v, (("apic_base", arg.apic_base),), **notes))
+            out_steps.append(f.SetMsrs(v, (("apic_base", arg.apic_base),), **bare))
             apic_base[v] = arg.apic_base
         values = tuple((n, value) for n, value in sregs_fields(arg).items())
         return out_steps + [f.SetSregs(v, values, **notes)]
@@ -135,12 +155,18 @@ def _steps(event, apic_base: dict) -> list:
     if name == "KVM_GET_LAPIC" and out is not None:
         regs = _lapic(out.regs)
         return [_observe(v, "lapic", {f"lapic.{r}": regs[r] for r in f.LAPIC_REGISTERS}, notes)]
-    if name == "KVM_SET_MSRS" and arg is not None:
-        done = [e for e in arg.entries[: max(event.result, 0)] if e.index == MSR_APIC_BASE]
-        if not done:
+    if name == "KVM_SET_MSRS" and arg is not None and event.result >= 0:
+        # KVM sets the entries in order and stops at the first it refuses: its index is the
+        # result. IA32_APIC_BASE before it: taken (1); at it: refused (0); after it: not tried.
+        entries = enumerate(arg.entries[: event.result + 1])
+        tried = [(i, e) for i, e in entries if e.index == MSR_APIC_BASE]
+        if not tried:
             return []
-        apic_base[v] = done[-1].data
-        return [f.SetMsrs(v, (("apic_base", done[-1].data),), **notes)]
+        at, entry = tried[-1]
+        taken = at < event.result
+        if taken:
+            apic_base[v] = entry.data
+        return [f.SetMsrs(v, (("apic_base", entry.data),), **{**notes, "result": int(taken)})]
     if name == "KVM_GET_MSRS" and out is not None:
         read = [e for e in out.entries[: max(event.result, 0)] if e.index == MSR_APIC_BASE]
         if not read:

@@ -2,14 +2,15 @@
 their arguments and results are read with the construct layouts of kvmtest.kvm.layouts.
 
 A request is `dir << 30 | size << 16 | type << 8 | nr` (include/uapi/asm-generic/ioctl.h);
-every KVM ioctl has type KVMIO = 0xAE, which is what the seccomp filter matches.
+every KVM ioctl has type KVMIO = 0xAE, which is what the seccomp filter matches. The size in
+the request is the struct's size in the kernel's uapi headers; tests/record checks that each
+layout has that size. The layouts (construct) are imported only when a struct is decoded, after
+the VMM has exited: the recorder starts the VMM before anything heavy is imported.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
-
-from kvmtest.kvm import layouts as L
 
 KVMIO = 0xAE
 _NONE, _WRITE, _READ = 0, 1, 2
@@ -23,9 +24,14 @@ class Ioctl(NamedTuple):
     name: str
     request: int
     scope: str  # "system" (/dev/kvm), "vm" or "vcpu"
-    layout: object = None  # construct Struct of the argument, if it points to one
+    layout: str | None = None  # name of the construct Struct in kvmtest.kvm.layouts
     reads: bool = False  # the kernel writes the struct: decode it at syscall exit
     writes: bool = False  # userspace passes the struct: decode it at syscall entry
+
+    @property
+    def size(self) -> int:
+        """The argument's size as the request encodes it (kvm_msrs: its 8-byte header)."""
+        return self.request >> 16 & 0x3FFF
 
 
 def _table() -> dict[int, Ioctl]:
@@ -37,25 +43,24 @@ def _table() -> dict[int, Ioctl]:
         Ioctl("KVM_NMI", _ioc(_NONE, 0x9A), "vcpu"),
         Ioctl("KVM_SMI", _ioc(_NONE, 0xB7), "vcpu"),
     ]
-    structs = [
-        ("KVM_GET_REGS", _READ, 0x81, L.kvm_regs, "vcpu"),
-        ("KVM_SET_REGS", _WRITE, 0x82, L.kvm_regs, "vcpu"),
-        ("KVM_GET_SREGS", _READ, 0x83, L.kvm_sregs, "vcpu"),
-        ("KVM_SET_SREGS", _WRITE, 0x84, L.kvm_sregs, "vcpu"),
-        ("KVM_GET_SREGS2", _READ, 0xCC, L.kvm_sregs2, "vcpu"),
-        ("KVM_SET_SREGS2", _WRITE, 0xCD, L.kvm_sregs2, "vcpu"),
-        ("KVM_GET_MSRS", _READ | _WRITE, 0x88, L.kvm_msrs, "vcpu"),
-        ("KVM_SET_MSRS", _WRITE, 0x89, L.kvm_msrs, "vcpu"),
-        ("KVM_GET_LAPIC", _READ, 0x8E, L.kvm_lapic_state, "vcpu"),
-        ("KVM_SET_LAPIC", _WRITE, 0x8F, L.kvm_lapic_state, "vcpu"),
-        ("KVM_GET_MP_STATE", _READ, 0x98, L.kvm_mp_state, "vcpu"),
-        ("KVM_SET_MP_STATE", _WRITE, 0x99, L.kvm_mp_state, "vcpu"),
-        ("KVM_GET_VCPU_EVENTS", _READ, 0x9F, L.kvm_vcpu_events, "vcpu"),
-        ("KVM_SET_VCPU_EVENTS", _WRITE, 0xA0, L.kvm_vcpu_events, "vcpu"),
-        ("KVM_SIGNAL_MSI", _WRITE, 0xA5, L.kvm_msi, "vm"),
+    structs = [  # name, direction, nr, layout, its size in the uapi headers, scope
+        ("KVM_GET_REGS", _READ, 0x81, "kvm_regs", 144, "vcpu"),
+        ("KVM_SET_REGS", _WRITE, 0x82, "kvm_regs", 144, "vcpu"),
+        ("KVM_GET_SREGS", _READ, 0x83, "kvm_sregs", 312, "vcpu"),
+        ("KVM_SET_SREGS", _WRITE, 0x84, "kvm_sregs", 312, "vcpu"),
+        ("KVM_GET_SREGS2", _READ, 0xCC, "kvm_sregs2", 320, "vcpu"),
+        ("KVM_SET_SREGS2", _WRITE, 0xCD, "kvm_sregs2", 320, "vcpu"),
+        ("KVM_GET_MSRS", _READ | _WRITE, 0x88, "kvm_msrs", 8, "vcpu"),
+        ("KVM_SET_MSRS", _WRITE, 0x89, "kvm_msrs", 8, "vcpu"),
+        ("KVM_GET_LAPIC", _READ, 0x8E, "kvm_lapic_state", 1024, "vcpu"),
+        ("KVM_SET_LAPIC", _WRITE, 0x8F, "kvm_lapic_state", 1024, "vcpu"),
+        ("KVM_GET_MP_STATE", _READ, 0x98, "kvm_mp_state", 4, "vcpu"),
+        ("KVM_SET_MP_STATE", _WRITE, 0x99, "kvm_mp_state", 4, "vcpu"),
+        ("KVM_GET_VCPU_EVENTS", _READ, 0x9F, "kvm_vcpu_events", 64, "vcpu"),
+        ("KVM_SET_VCPU_EVENTS", _WRITE, 0xA0, "kvm_vcpu_events", 64, "vcpu"),
+        ("KVM_SIGNAL_MSI", _WRITE, 0xA5, "kvm_msi", 32, "vm"),
     ]
-    for name, direction, nr, layout, scope in structs:
-        size = 8 if layout is L.kvm_msrs else layout.sizeof()
+    for name, direction, nr, layout, size, scope in structs:
         io.append(
             Ioctl(
                 name,
@@ -80,7 +85,7 @@ KVM_VCPUEVENT_VALID_SIPI_VECTOR = 0x2
 KVM_VCPUEVENT_VALID_SMM = 0x8
 
 
-# The ioctls a trace step stands for (kvmtest/record/convert.py); the others are only counted.
+# The ioctls a trace step stands for (kvmtest/record/convert.py).
 STEP_IOCTLS = {
     "KVM_RUN",
     "KVM_GET_MP_STATE",
@@ -102,6 +107,25 @@ STEP_IOCTLS = {
     "KVM_NMI",
 }
 
+# The GET ioctls by the `observe` read that stands for them (docs/traces.md, observe).
+READS = {
+    "KVM_GET_MP_STATE": "mp_state",
+    "KVM_GET_REGS": "regs",
+    "KVM_GET_SREGS": "sregs",
+    "KVM_GET_SREGS2": "sregs",
+    "KVM_GET_VCPU_EVENTS": "events",
+    "KVM_GET_LAPIC": "lapic",
+    "KVM_GET_MSRS": "msrs",
+}
+
+# The ioctls the recorder stops at without --all-ioctls: the steps' (KVM_RUN aside: its
+# returns are inferred, tracer.py) and the ones that say which fd is which VM or vCPU, and
+# whether a VM's irqchip is split. Every other KVM ioctl runs without a stop.
+RECORDED = sorted(
+    BY_NAME[name].request
+    for name in (STEP_IOCTLS - {"KVM_RUN"}) | {"KVM_CREATE_VM", "KVM_CREATE_VCPU", "KVM_ENABLE_CAP"}
+)
+
 
 def name_of(request: int) -> str:
     known = IOCTLS.get(request)
@@ -113,17 +137,19 @@ def name_of(request: int) -> str:
 def argument_size(ioctl: Ioctl, head: bytes | None = None) -> int:
     """Bytes to read at the argument pointer: the struct; for kvm_msrs the header says how
     many 16-byte entries follow."""
-    if ioctl.layout is L.kvm_msrs:
-        if head is None:
-            return 8
+    if ioctl.layout == "kvm_msrs" and head is not None:
         return 8 + 16 * min(int.from_bytes(head[:4], "little"), 256)
-    if ioctl.name == "KVM_ENABLE_CAP":
-        return 104
-    return ioctl.layout.sizeof()
+    return ioctl.size
+
+
+def layout_of(ioctl: Ioctl):
+    from kvmtest.kvm import layouts
+
+    return getattr(layouts, ioctl.layout)
 
 
 def decode(ioctl: Ioctl, data: bytes):
     """The argument struct as a construct Container (KVM_ENABLE_CAP: {cap})."""
     if ioctl.name == "KVM_ENABLE_CAP":
         return {"cap": int.from_bytes(data[:4], "little")}
-    return ioctl.layout.parse(data)
+    return layout_of(ioctl).parse(data)

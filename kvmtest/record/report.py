@@ -35,8 +35,9 @@ def _text(r) -> str:
         lines.append(f"  HAZARD {x.name}: {x.title}")
         lines.append(f"    {x.location}: step {x.step + 1}{when}{who}")
         lines.append(f"    {x.message}")
-        links = ", ".join(f"{n} ({link(n)})" for n in x.rules)
-        lines.append(f"    rules: {links}")
+        if x.rules:
+            links = ", ".join(f"{n} ({link(n)})" for n in x.rules)
+            lines.append(f"    rules: {links}")
     for step, location, vcpu, actions in r.explained:
         lines.append(f"  explained {location}: step {step + 1}: vCPU {vcpu}: {actions}")
     return "\n".join(lines) + "\n"

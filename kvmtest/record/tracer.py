@@ -11,12 +11,17 @@ _IOW ioctl, the struct it points to (/proc/TID/mem); it then lets the call run t
 syscall-exit stop, where it reads the result and, for an _IOR ioctl, the struct the kernel
 filled. KVM_RUN is let through without a stop unless `all_ioctls`.
 
-Where guest code ran: with `all_ioctls` every KVM_RUN entry marks its vCPU. Without it, a vCPU
-is marked when its thread is seen kicked out of KVM_RUN at a signal-delivery stop (orig_rax is
-the ioctl, rsi KVM_RUN), or when, at a recorded ioctl of its VM, its kvm_run page shows an
-exit since the last look (`_check_runs`). A marked vCPU becomes one `guest_ran` step before
-the next recorded step. A KVM_RUN that only returned -EAGAIN or -EINTR writes no exit reason:
-that one is seen only with `all_ioctls` (or by the signal).
+Where guest code ran: with `all_ioctls` every KVM_RUN entry marks its vCPU. Without it the
+recorder reads, and never writes, the VMM's memory (RunWatch): at each recorded ioctl of a VM
+it marks the vCPUs whose kvm_run page shows a new exit since the last look; a vCPU is also
+marked when its thread is seen kicked out of KVM_RUN at a signal-delivery stop (orig_rax is
+the ioctl, rsi KVM_RUN). A marked vCPU becomes one `guest_ran` step before the next recorded
+step. A KVM_RUN that only returned -EAGAIN, or ended with the same exit as the one before,
+is seen only with `all_ioctls` (or by the signal).
+
+Decoding waits until the VMM has exited: at a stop the recorder copies the argument's bytes
+(the size is in the request number), and construct parses them afterwards, so the VMM starts
+before construct is imported.
 
 python-ptrace's own process objects wait per pid with a growing sleep and without __WALL, which
 made a two-vCPU guest 100 times slower; the recorder uses its ptrace() bindings and runs one
@@ -33,7 +38,7 @@ from dataclasses import dataclass, field
 from ptrace.binding import func as pt
 
 from . import bpf
-from .ioctls import IOCTLS, KVM_RUN, STEP_IOCTLS, argument_size, decode, name_of
+from .ioctls import BY_NAME, IOCTLS, KVM_RUN, STEP_IOCTLS, argument_size, decode, name_of
 
 PTRACE_O_TRACESECCOMP = 0x80
 PTRACE_O_EXITKILL = 0x100000
@@ -75,11 +80,12 @@ class Recording:
     events: list = field(default_factory=list)
     exit_status: int | None = None  # the VMM's exit code, or -signal
     stops: int = 0  # ptrace stops taken for KVM ioctls
-    counts: dict = field(default_factory=dict)  # ioctl name -> how many
+    counts: dict = field(default_factory=dict)  # ioctl name -> how many stopped at
     vcpus: dict = field(default_factory=dict)  # vm -> number of vCPUs
     split_irqchip: set = field(default_factory=set)  # VMs with KVM_CAP_SPLIT_IRQCHIP
     all_ioctls: bool = False
     duration: float = 0.0
+    inference: str = ""  # how guest_ran was inferred without all_ioctls (tracer.py)
 
 
 class _Pending:
@@ -87,6 +93,63 @@ class _Pending:
 
     def __init__(self, at, fd, request, pointer, arg):
         self.at, self.fd, self.request, self.pointer, self.arg = at, fd, request, pointer, arg
+
+
+# kvm_run from exit_reason (offset 8) to the end of the exit union (offset 32 + 256): what KVM
+# writes on every return from KVM_RUN to userspace.
+RUN_EXIT_AREA = (8, 32 + 256 - 8)
+
+
+class RunWatch:
+    """Which vCPUs went through KVM_RUN since the last look, by reading only: each vCPU's
+    kvm_run page (read through /proc/TGID/mem) holds the exit reason and the exit union KVM
+    wrote when KVM_RUN last returned; if they differ from what the last look saw, KVM_RUN
+    returned in between. Two identical exits in a row look like one (--all-ioctls is exact).
+
+    Exact counters were looked for and are not to be had from outside the VMM: KVM refuses a
+    vCPU ioctl such as KVM_GET_STATS_FD from another process (EIO, even on a pidfd_getfd copy
+    of the fd), and debugfs holds the `exits` statistic per VM, not per vCPU. Nor is writing
+    a marker safe (the recorder once wrote KVM_EXIT_UNKNOWN, 0, over exit_reason after each
+    look): QEMU reads exit_reason right after KVM_RUN returns 0, so a vCPU that exits between
+    the recorder's read and its write has QEMU see KVM_EXIT_UNKNOWN: it prints "KVM: unknown
+    exit, hardware reason 0" and stops the VM (accel/kvm/kvm-all.c, kvm_cpu_exec)."""
+
+    def __init__(self):
+        self.pages: dict = {}  # key -> (tgid, address of kvm_run)
+        self.wanted: dict = {}  # key -> (tgid, vCPU id), until its kvm_run is found
+        self.last: dict = {}  # key -> the exit area at the last look
+
+    def add(self, key, tgid: int, vcpu_id: int) -> None:
+        """A new vCPU; the VMM maps its kvm_run after creating it: found at the first look."""
+        self.wanted[key] = (tgid, vcpu_id)
+        self.last[key] = bytes(RUN_EXIT_AREA[1])  # KVM zeroes the page
+
+    def moved(self, key, read) -> bool:
+        """Did KVM_RUN return since the last look? `read(tgid, address, size)` reads the
+        VMM's memory."""
+        if key in self.wanted:
+            address = _run_page(*self.wanted[key])
+            if address is None:
+                return False
+            self.pages[key] = (self.wanted.pop(key)[0], address)
+        if key not in self.pages:
+            return False
+        tgid, address = self.pages[key]
+        now = read(tgid, address + RUN_EXIT_AREA[0], RUN_EXIT_AREA[1])
+        moved, self.last[key] = now != self.last[key], now
+        return moved
+
+
+def _run_page(tgid: int, vcpu_id: int):
+    """Where the VMM mapped the vCPU's kvm_run (its mapping of the vCPU fd)."""
+    try:
+        with open(f"/proc/{tgid}/maps", "rb") as file:
+            for line in file:
+                if line.rstrip().endswith(b"anon_inode:kvm-vcpu:%d" % vcpu_id):
+                    return int(line.split(b"-", 1)[0], 16)
+    except OSError:
+        pass
+    return None
 
 
 class Recorder:
@@ -103,13 +166,13 @@ class Recorder:
         self.pending: dict = {}  # tid -> _Pending (between syscall entry and exit)
         self.vcpu_threads: dict = {}  # tid -> (vm, vcpu)
         self.ran: dict = {}  # (vm, vcpu) -> tid, marked since the last recorded step
-        self.vcpu_ids: dict = {}  # (vm, vcpu) -> the id given to KVM_CREATE_VCPU
-        self.run_pages: dict = {}  # (tgid, vm, vcpu) -> address of its mmapped kvm_run
+        self.runs = RunWatch()
         self.nr_vms = 0
 
     # ------------------------------------------------------------------ the loop
 
-    def run(self) -> Recording:
+    def run(self, meanwhile=None) -> Recording:
+        """Record the VMM; `meanwhile()` is called in the recorder once the VMM is forked."""
         prog = bpf.program(self.all_ioctls)
         pid = os.fork()
         if pid == 0:  # the child: be traced, stop, filter, exec
@@ -121,6 +184,28 @@ class Recorder:
             except BaseException as exc:  # noqa: BLE001 - anything: report and leave
                 os.write(2, f"kvmtest record: cannot run {self.argv[0]}: {exc}\n".encode())
             os._exit(127)
+        if meanwhile is not None:
+            meanwhile()
+        try:
+            self._loop(pid)
+        finally:
+            for fd in self.mem.values():
+                os.close(fd)
+            self.mem.clear()
+        self.rec.duration = time.monotonic() - self.t0
+        for (vm, vcpu), tid in self.ran.items():  # runs after the last recorded step
+            self.rec.events.append(Event(self.rec.duration, tid, "KVM_RUN", vm, vcpu))
+        self.ran.clear()
+        if not self.all_ioctls:
+            found = len(self.runs.pages)
+            self.rec.inference = (
+                f"kvm_run pages read ({found} of {sum(self.rec.vcpus.values())} vCPUs) and "
+                "signal-delivery stops"
+            )
+        _decode(self.rec.events)
+        return self.rec
+
+    def _loop(self, pid: int) -> None:
         _, status = os.waitpid(pid, WALL)
         if not os.WIFSTOPPED(status):
             raise RecordError(f"{self.argv[0]}: the child did not stop for the tracer")
@@ -169,13 +254,6 @@ class Recorder:
             except pt.PtraceError as exc:
                 if exc.errno != 3:  # ESRCH: the thread died meanwhile (SIGKILL, exit_group)
                     raise
-        self.rec.duration = time.monotonic() - self.t0
-        for (vm, vcpu), tid in self.ran.items():  # runs after the last recorded step
-            self.rec.events.append(Event(self.rec.duration, tid, "KVM_RUN", vm, vcpu))
-        self.ran.clear()
-        for fd in self.mem.values():
-            os.close(fd)
-        return self.rec
 
     # ------------------------------------------------------------------ stops
 
@@ -184,6 +262,7 @@ class Recorder:
         regs = pt.ptrace_getregs(tid)
         fd, request, pointer = regs.rdi & 0xFFFFFFFF, regs.rsi & 0xFFFFFFFF, regs.rdx
         if request == KVM_RUN:  # only with all_ioctls
+            self.rec.counts["KVM_RUN"] = self.rec.counts.get("KVM_RUN", 0) + 1
             where = self.fds.get((self._tgid(tid), fd))
             if where is not None and where[0] == "vcpu":
                 self._mark((where[1], where[2]), tid)
@@ -239,16 +318,17 @@ class Recorder:
             vcpu = rec.vcpus[vm]
             rec.vcpus[vm] += 1
             self.fds[(tgid, result)] = ("vcpu", vm, vcpu)
-            self.vcpu_ids[(vm, vcpu)] = call.pointer  # the argument is the vCPU id
             self.vcpu_threads[tid] = (vm, vcpu)
+            if not self.all_ioctls:
+                self.runs.add((vm, vcpu), tgid, call.pointer)  # the argument is the vCPU id
         elif name == "KVM_ENABLE_CAP" and vm is not None and result == 0:
-            if isinstance(call.arg, dict) and call.arg.get("cap") == 121:
+            if isinstance(call.arg, bytes) and call.arg[:4] == (121).to_bytes(4, "little"):
                 rec.split_irqchip.add(vm)
         if vm is None or name not in STEP_IOCTLS:
             return
         if vcpu is not None:
             self.vcpu_threads.setdefault(tid, (vm, vcpu))
-        self._check_runs(tid, vm)
+        self._check_runs(vm)
         for (ran_vm, ran_vcpu), ran_tid in self.ran.items():
             rec.events.append(Event(call.at, ran_tid, "KVM_RUN", ran_vm, ran_vcpu))
         self.ran.clear()
@@ -259,52 +339,32 @@ class Recorder:
         if key not in self.ran:
             self.ran[key] = tid
 
-    def _check_runs(self, tid: int, vm: int) -> None:
-        """Which vCPUs of `vm` went through KVM_RUN since the last look: KVM writes exit_reason
-        in the vCPU's kvm_run page on every exit; the recorder leaves KVM_EXIT_UNKNOWN (0)
-        there after each look. A VMM reads exit_reason only after a KVM_RUN that returned 0,
-        so the marker is never seen by it."""
-        tgid = self._tgid(tid)
+    def _check_runs(self, vm: int) -> None:
+        """Which vCPUs of `vm` went through KVM_RUN since the last look (RunWatch)."""
         for vcpu in range(self.rec.vcpus.get(vm, 0)):
-            address = self._run_page(tgid, vm, vcpu)
-            if address is None:
-                continue
             try:
-                reason = int.from_bytes(self._read(tid, address + 8, 4), "little")
-                if reason != 0:
-                    self._mark((vm, vcpu), tid)
-                    os.pwrite(self.mem[tid], bytes(4), address + 8)
+                if self.runs.moved((vm, vcpu), self._read):
+                    self._mark((vm, vcpu), self._vcpu_tid((vm, vcpu)))
             except OSError:
                 continue
 
-    def _run_page(self, tgid: int, vm: int, vcpu: int):
-        key = (tgid, vm, vcpu)
-        if key not in self.run_pages:
-            wanted = self.vcpu_ids.get((vm, vcpu))
-            try:
-                with open(f"/proc/{tgid}/maps", "rb") as file:
-                    for line in file:
-                        if line.rstrip().endswith(b"anon_inode:kvm-vcpu:%d" % wanted):
-                            self.run_pages[key] = int(line.split(b"-", 1)[0], 16)
-                            break
-            except (OSError, TypeError):
-                pass
-        return self.run_pages.get(key)
+    def _vcpu_tid(self, key) -> int:
+        return next((t for t, k in self.vcpu_threads.items() if k == key), 0)
 
     # ------------------------------------------------------------------ helpers
 
     def _read_struct(self, tid: int, info, pointer: int):
+        """The argument's bytes (decoded after the VMM exits), None if unreadable."""
         try:
-            head = self._read(tid, pointer, 8) if info.name.endswith("_MSRS") else None
-            data = self._read(tid, pointer, argument_size(info, head))
-            return decode(info, data)
-        except (OSError, ValueError):
+            head = self._read(tid, pointer, 8) if info.layout == "kvm_msrs" else None
+            return self._read(tid, pointer, argument_size(info, head))
+        except OSError:
             return None
 
     def _read(self, tid: int, address: int, size: int) -> bytes:
         fd = self.mem.get(tid)
         if fd is None:
-            fd = self.mem[tid] = os.open(f"/proc/{tid}/mem", os.O_RDWR)
+            fd = self.mem[tid] = os.open(f"/proc/{tid}/mem", os.O_RDONLY)  # never written
         data = os.pread(fd, size, address)
         if len(data) != size:
             raise OSError(f"short read of {size} bytes at {address:#x}")
@@ -333,5 +393,20 @@ class Recorder:
         self.pending.pop(tid, None)
 
 
-def record(argv: list, all_ioctls: bool = False) -> Recording:
-    return Recorder(argv, all_ioctls).run()
+def _decode(events) -> None:
+    """The bytes copied at the stops, parsed (construct is imported here, after the run)."""
+    for event in events:
+        info = BY_NAME.get(event.name)
+        if info is None or info.layout is None and info.name != "KVM_ENABLE_CAP":
+            continue
+        for attr in ("arg", "out"):
+            data = getattr(event, attr)
+            if isinstance(data, bytes):
+                try:
+                    setattr(event, attr, decode(info, data))
+                except ValueError:
+                    setattr(event, attr, None)
+
+
+def record(argv: list, all_ioctls: bool = False, meanwhile=None) -> Recording:
+    return Recorder(argv, all_ioctls).run(meanwhile)

@@ -56,6 +56,8 @@ def _step(step, indent: str) -> list[str]:
         out.append(f"{indent}  at: {step.at:.6f}")
     if step.tid is not None:
         out.append(f"{indent}  tid: {step.tid}")
+    if step.result is not None:
+        out.append(f"{indent}  result: {step.result}")
     return out
 
 

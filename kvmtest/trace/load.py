@@ -802,8 +802,10 @@ def _step(ctx, value, line, setup: f.Setup, nested: bool, thread: str | None = N
     return dataclasses.replace(op, **notes) if notes else op
 
 
-# Optional keys beside a step's kind: when and by which thread a recorded VMM did it.
-ANNOTATIONS = ("at", "tid")
+# Optional keys beside a step's kind: when and by which thread a recorded VMM did it, and
+# what its ioctl returned.
+ANNOTATIONS = ("at", "tid", "result")
+RESULT_RANGE = (-4095, (1 << 31) - 1)  # -errno, or an ioctl's non-negative int
 
 
 def _annotations(ctx, value, line) -> dict:
@@ -815,6 +817,8 @@ def _annotations(ctx, value, line) -> dict:
         notes["at"] = float(at)
     if "tid" in value:
         notes["tid"] = ctx.integer(value["tid"], "tid", line, 0, (1 << 32) - 1)
+    if "result" in value:
+        notes["result"] = ctx.integer(value["result"], "result", line, *RESULT_RANGE)
     return notes
 
 
