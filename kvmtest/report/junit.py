@@ -135,8 +135,9 @@ def _failure_text(result) -> str:
     ]
     for m in result.mismatches:
         lines.append(m.describe())
-        lines.append(f"  expected (model): {m.show(m.expected)}")
-        lines.append(f"  observed (KVM):   {m.show(m.observed)}")
+        expected, observed = m.sides
+        lines.append(f"  {expected + ':':<18} {m.show(m.expected)}")
+        lines.append(f"  {observed + ':':<18} {m.show(m.observed)}")
         anchors = [rules.link(r) or r for r in rules.rules_for(m.field, result.rules)]
         lines.append(f"  rules: {', '.join(anchors)}")
     if result.outcomes:

@@ -171,8 +171,9 @@ def _mismatch_lines(result, indent: str) -> list:
     for m in result.mismatches:
         where = f"step {m.step + 1} at {one_line(m.location)}"
         lines.append(f"{indent}{where}  {vcpu_label(m.vcpu)}  {one_line(m.field)}")
-        lines.append(f"{indent}  expected (model)  {one_line(m.show(m.expected))}")
-        lines.append(f"{indent}  observed (KVM)    {one_line(m.show(m.observed))}")
+        expected, observed = m.sides
+        lines.append(f"{indent}  {expected:<17} {one_line(m.show(m.expected))}")
+        lines.append(f"{indent}  {observed:<17} {one_line(m.show(m.observed))}")
         lines.extend(rule_lines(m, result.rules, indent + "  "))
     return lines
 

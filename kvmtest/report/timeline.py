@@ -367,7 +367,8 @@ def mismatch_lines(result, indent: str) -> list[str]:
         where = f"step {m.step + 1} at {one_line(m.location)}"
         vcpu = f"vcpu {m.vcpu}" if m.vcpu is not None else "VM"
         lines.append(f"{indent}{where}  {vcpu}  {one_line(m.field)}")
-        lines.append(f"{indent}  expected (model)  {one_line(m.show(m.expected))}")
-        lines.append(f"{indent}  observed (KVM)    {one_line(m.show(m.observed))}")
+        expected, observed = m.sides
+        lines.append(f"{indent}  {expected:<17} {one_line(m.show(m.expected))}")
+        lines.append(f"{indent}  {observed:<17} {one_line(m.show(m.observed))}")
         lines += rule_lines(m, result.rules, indent + "  ")
     return lines

@@ -124,7 +124,7 @@ class _Judge:
                             index,
                             self.trace.location(step),
                             vcpu,
-                            f"{name} (model vs pin)",
+                            name + Mismatch.PIN_SUFFIX,
                             pinned,
                             value,
                         )
@@ -378,16 +378,27 @@ def _check_outcome_pins(trace, index, block, profile, exploration, result) -> No
         return
     result.pins_checked += 1
     explored = frozenset(exploration.outcomes)
+    field = "outcome" + Mismatch.PIN_SUFFIX
     for label in sorted(explored - pinned):
         result.mismatches.append(
             Mismatch(
-                index, trace.location(block), None, "outcome (model vs pin)", "not pinned", label
+                index,
+                trace.location(block),
+                None,
+                field,
+                "not pinned",
+                label,
             )
         )
     for label in sorted(pinned - explored):
         result.mismatches.append(
             Mismatch(
-                index, trace.location(block), None, "outcome (model vs pin)", label, "not explored"
+                index,
+                trace.location(block),
+                None,
+                field,
+                label,
+                "not explored",
             )
         )
 

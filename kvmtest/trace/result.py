@@ -30,10 +30,21 @@ class Mismatch:
 
     def describe(self) -> str:
         where = f"vcpu {self.vcpu} " if self.vcpu is not None else ""
+        expected, observed = (side.split()[0] for side in self.sides)
         return (
             f"{self.location}: step {self.step + 1}: {where}{self.field}: "
-            f"expected {self.show(self.expected)}, observed {self.show(self.observed)}"
+            f"{expected} {self.show(self.expected)}, {observed} {self.show(self.observed)}"
         )
+
+    PIN_SUFFIX = " (model vs pin)"
+
+    @property
+    def sides(self) -> tuple[str, str]:
+        """What `expected` and `observed` are: the model against KVM, or, for a pin the trace
+        wrote (observe.expect, outcomes:), the trace's pin against the model's prediction."""
+        if self.field.endswith(self.PIN_SUFFIX):
+            return "pinned (trace)", "predicted (model)"
+        return "expected (model)", "observed (KVM)"
 
     def show(self, value) -> str:
         """A value as a kernel developer reads it: mp_state by name, errno by name, hex."""

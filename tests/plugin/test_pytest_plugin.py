@@ -99,7 +99,7 @@ def test_mismatch_report_skips_and_junit(tmp_path):
     assert "1 failed, 1 passed" in out
     # repr_failure is the text report's diff
     assert "FAIL   wrong-pin" in out and "mp_state (model vs pin)" in out
-    assert "expected (model)  RUNNABLE (0)" in out and "Traceback" not in out
+    assert "pinned (trace)    RUNNABLE (0)" in out and "Traceback" not in out
     cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
     assert set(cases) == {"good", "wrong-pin"}
     props = {p.get("name"): p.get("value") for p in cases["good"].iter("property")}

@@ -56,6 +56,17 @@ def test_wrong_pin_is_reported_as_model_versus_pin():
         5,
         0xFFF0,
     )
+    # The report says which side is which: the trace's pin, and the model's prediction.
+    from kvmtest.report import render_text
+    from kvmtest.trace.result import RunSummary
+
+    summary = RunSummary(
+        results=[result], host={}, profile="mainline", backend="reference", elapsed=0.0
+    )
+    report = render_text(summary, verbose=False)
+    assert "pinned (trace)    5\n" in report and "predicted (model) 0xfff0" in report, report
+    assert "observed (KVM)" not in report
+    assert "pinned 5, predicted 0xfff0" in mismatch.describe()
 
 
 def test_failing_ioctl_is_an_error_result_not_an_exception(host):
