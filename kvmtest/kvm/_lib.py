@@ -1,6 +1,25 @@
-"""Loads the compiled cffi module and gives every wrapper one way to issue an ioctl."""
+"""Loads the compiled cffi module and gives every wrapper one way to issue an ioctl.
+
+Who holds the GIL. A cffi call releases it; that is what lets a vCPU thread sit in KVM_RUN
+while the others go on (docs/host-findings.md#finding-1), and what lets the first memory slot
+of a VM, a wait of milliseconds in the kernel, overlap with other traces. For the many ioctls
+that take microseconds, releasing costs more than it gives: with a dozen threads per process
+every release and re-acquire is a futex handoff (about 200 per host-driven trace). So the
+ioctls in WAITS go through cffi, the others through libc's ioctl by ctypes.PyDLL, which keeps
+the GIL. A vCPU ioctl could wait for that vCPU's mutex while its thread is in KVM_RUN; the
+harness never issues one then (it kicks the thread out first, kvmtest.exec.workers), and
+KVM_RUN itself is never here.
+"""
+
+import ctypes
 
 from .errors import BindingUnavailable, KvmError
+
+# libc's ioctl through ctypes.PyDLL: a foreign call that keeps the GIL (see above).
+_libc = ctypes.PyDLL(None, use_errno=True)
+_ioctl_holding_gil = _libc.ioctl
+_ioctl_holding_gil.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
+_ioctl_holding_gil.restype = ctypes.c_int
 
 try:
     from ._kvm_cffi import ffi, lib
@@ -32,21 +51,35 @@ class _Requests(dict):
 _REQUESTS = _Requests()
 
 
+# The ioctls that can wait in the kernel (SRCU synchronisation, allocation of a whole VM):
+# issued with the GIL released. Every other ioctl here keeps it.
+WAITS = frozenset({"KVM_CREATE_VM", "KVM_SET_USER_MEMORY_REGION", "KVM_CREATE_IRQCHIP"})
+
+
+def _issue(fd: int, name: str, arg, integer) -> int:
+    """The ioctl's result, or -errno."""
+    if name in WAITS:
+        if integer is not None:
+            ret = lib.kvmtest_ioctl_int(fd, _REQUESTS[name], integer)
+        else:
+            ret = lib.kvmtest_ioctl_ptr(fd, _REQUESTS[name], ffi.NULL if arg is None else arg)
+        return ret if ret >= 0 else -ffi.errno
+    if integer is not None:
+        value = integer
+    else:
+        value = None if arg is None else int(ffi.cast("uintptr_t", arg))
+    ret = _ioctl_holding_gil(fd, _REQUESTS[name], value)
+    return ret if ret >= 0 else -ctypes.get_errno()
+
+
 def ioctl_raw(fd: int, name: str, arg=None, *, integer: int | None = None) -> int:
     """Issue ioctl `name`; return its result or -errno; never raises (selftests' `__` layer)."""
-    if integer is not None:
-        ret = lib.kvmtest_ioctl_int(fd, _REQUESTS[name], integer)
-    else:
-        ret = lib.kvmtest_ioctl_ptr(fd, _REQUESTS[name], ffi.NULL if arg is None else arg)
-    return ret if ret >= 0 else -ffi.errno
+    return _issue(fd, name, arg, integer)
 
 
 def ioctl(fd: int, name: str, arg=None, *, integer: int | None = None) -> int:
     """Issue ioctl `name`; raise KvmError on failure (the checked layer)."""
-    if integer is not None:
-        ret = lib.kvmtest_ioctl_int(fd, _REQUESTS[name], integer)
-    else:
-        ret = lib.kvmtest_ioctl_ptr(fd, _REQUESTS[name], ffi.NULL if arg is None else arg)
+    ret = _issue(fd, name, arg, integer)
     if ret < 0:
-        raise KvmError(name, ffi.errno)
+        raise KvmError(name, -ret)
     return ret

@@ -2,7 +2,6 @@
 
 import errno
 import mmap
-import os
 import signal
 import threading
 import time
@@ -37,17 +36,17 @@ class Vcpu(OwnedFd):
         self._thread = None
         self._kick_lock = threading.Lock()
         self._kick_pending = False
-        try:
-            size = vm.kvm.get_vcpu_mmap_size()
-            self._run_map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        except BaseException:
-            os.close(fd)
-            self._fd = -1
-            raise
-        self._run_buffer = _lib.ffi.from_buffer(self._run_map)
-        self._run = _lib.ffi.cast("struct kvm_run *", self._run_buffer)
+        # kvm_run is mapped at the first KVM_RUN: most host-driven traces never run a vCPU.
+        self._run_map = self._run_buffer = self._run = None
         self._exit = _lib.ffi.new("struct kvmtest_exit *")
         _install_kick_handler()
+
+    def _map_run(self) -> None:
+        """Map kvm_run (with _kick_lock held, before the first KVM_RUN)."""
+        size = self.vm.kvm.get_vcpu_mmap_size()
+        self._run_map = mmap.mmap(self._fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._run_buffer = _lib.ffi.from_buffer(self._run_map)
+        self._run = _lib.ffi.cast("struct kvm_run *", self._run_buffer)
 
     def _release(self, wait: float = 2.0) -> None:
         """Unmap kvm_run, but never under a thread still inside KVM_RUN: that thread's C code
@@ -59,7 +58,12 @@ class Vcpu(OwnedFd):
                 if self._thread is None:
                     # run() from now on sees the harmless page and fd -1 (EBADF).
                     self._dead_page = _lib.ffi.new("char[]", mmap.PAGESIZE)
-                    self._run = _lib.ffi.cast("struct kvm_run *", self._dead_page)
+                    mapped, self._run = (
+                        self._run,
+                        _lib.ffi.cast("struct kvm_run *", self._dead_page),
+                    )
+                    if mapped is None:
+                        return  # never ran: nothing is mapped
                     break
             if time.monotonic() > deadline:
                 self._run_map_leaked = True
@@ -83,9 +87,12 @@ class Vcpu(OwnedFd):
         with self._kick_lock:
             if self._kick_pending:
                 self._kick_pending = False
-                _lib.lib.kvmtest_set_immediate_exit(self._run, 0)
+                if self._run is not None:
+                    _lib.lib.kvmtest_set_immediate_exit(self._run, 0)
                 self._exit.reason = _lib.lib.KVM_EXIT_INTR
                 return -errno.EINTR
+            if self._run is None:
+                self._map_run()
             self._thread = threading.get_ident()
             fd, run = self._fd, self._run  # as of now: close() waits for this call to end
         ret = _lib.lib.kvmtest_run(fd, run, self._exit)
@@ -142,7 +149,8 @@ class Vcpu(OwnedFd):
         thread about to enter KVM_RUN, a signal for one already inside it."""
         with self._kick_lock:
             self._kick_pending = True
-            _lib.lib.kvmtest_set_immediate_exit(self._run, 1)
+            if self._run is not None:  # not mapped: it never ran, the pending kick suffices
+                _lib.lib.kvmtest_set_immediate_exit(self._run, 1)
             thread = self._thread
         if thread is not None:
             try:
@@ -156,7 +164,10 @@ class Vcpu(OwnedFd):
         return self._thread is not None
 
     def set_immediate_exit(self, value: bool) -> None:
-        _lib.lib.kvmtest_set_immediate_exit(self._run, int(value))
+        with self._kick_lock:
+            if self._run is None:
+                self._map_run()
+            _lib.lib.kvmtest_set_immediate_exit(self._run, int(value))
 
     # --- state ioctls --------------------------------------------------------------------
 
