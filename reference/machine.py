@@ -293,6 +293,7 @@ class VCpu:
         "smm",
         "smi_pending",
         "nmi_pending",
+        "nmi_request",
         "pv_unhalted",
         "nested_block",
         "req_event",
@@ -455,6 +456,7 @@ class Machine:
         v.pending_init = v.pending_sipi = False
         v.sipi_vector = 0  # rule 14: zero only because the LAPIC is zero-allocated
         v.smm = v.smi_pending = v.nmi_pending = v.req_event = False
+        v.nmi_request = False  # KVM_REQ_NMI: set with every queued NMI, see _inject_nmi
         v.pv_unhalted = v.nested_block = False
         v.phase = Phase.OUT
         v.last_exit = None
@@ -514,7 +516,7 @@ class Machine:
 
     def _has_events(self, v: VCpu) -> bool:
         """kvm_vcpu_has_events, restricted to the modelled events."""
-        if self._has_init_sipi(v) or v.nmi_pending:
+        if self._has_init_sipi(v) or v.nmi_pending or v.nmi_request:
             return True
         return self.profile.smm_emulation and v.smi_pending and not v.smm
 
@@ -619,8 +621,7 @@ class Machine:
             v.req_event = True  # rule 7
             return SENDER_PENDING["SIPI"][1]
         if dm == enc.DM_NMI:
-            v.nmi_pending = True
-            v.req_event = True
+            self._inject_nmi(v)
             return 1
         if dm == enc.DM_SMI:
             if self.profile.smm_emulation and self.smm_supported:
@@ -1037,9 +1038,17 @@ class Machine:
     def nmi(self, vcpu: int) -> int:
         """KVM_NMI: queue an NMI and request event processing."""
         v = self._ioctl(vcpu, "KVM_NMI")
-        v.nmi_pending = True
-        v.req_event = True
+        self._inject_nmi(v)
         return 0
+
+    @staticmethod
+    def _inject_nmi(v: VCpu) -> None:
+        """kvm_inject_nmi: nmi_queued++ and KVM_REQ_NMI. An INIT reset clears the queued NMI
+        but not the request, which only guest entry (vcpu_enter_guest) takes: until then
+        kvm_vcpu_has_events still sees it (rule 18)."""
+        v.nmi_pending = True
+        v.nmi_request = True
+        v.req_event = True
 
     def rsm(self, vcpu: int) -> None:
         """The guest leaves SMM (RSM): registers come from SMRAM (GUEST); kvm_smm_changed raises
@@ -1180,7 +1189,7 @@ class Machine:
     # ------------------------------------------------------------------ reactions
 
     def _guest_event_enabled(self, v: VCpu) -> bool:
-        if v.req_event or v.nmi_pending:
+        if v.req_event or v.nmi_pending or v.nmi_request:
             return True
         return self.profile.smm_emulation and v.smi_pending and not v.smm
 
@@ -1239,6 +1248,7 @@ class Machine:
         """Reaction: vcpu_enter_guest with KVM_REQ_EVENT (processing point, rule 8)."""
         v = self.vcpus[vcpu]
         v.req_event = False
+        v.nmi_request = False  # vcpu_enter_guest takes KVM_REQ_NMI before KVM_REQ_EVENT
         if not self.profile.sender_writes_mp_state:
             self._accept_events(v)
         if v.mp_state != RUN:

@@ -239,6 +239,10 @@ class System:
         self.pcs: dict[str, int] = {}  # thread -> index of its next move
         self.waiting: frozenset = frozenset()  # vCPUs that report once they run again
         self.landed: frozenset = frozenset()  # (vcpu, how): wake-up reports so far
+        # (vcpu, how): moved by an INIT or SIPI, then interrupted by an NMI before its first
+        # instruction; the stepper's NMI handler returns at once (guests/src/ivt.inc), so it
+        # still reports that landing although the model no longer knows its registers.
+        self.nmi_landing: frozenset = frozenset()
         self.reports: list = []  # (vcpu, what) in order, acknowledgements included
         self.saved: list | None = None  # the last snapshot: per vCPU, what the GETs returned
         if setup.guest != "none":
@@ -289,7 +293,13 @@ class System:
         return s
 
     def key(self) -> tuple:
-        return (self.machine.key(), tuple(self.pcs.items()), self.waiting, self.landed)
+        return (
+            self.machine.key(),
+            tuple(self.pcs.items()),
+            self.waiting,
+            self.landed,
+            self.nmi_landing,
+        )
 
     def load(self, op, thread: str | None = None) -> None:
         """Append `op` to the program of the thread that performs it (default: ``op.thread``).
@@ -385,8 +395,10 @@ class System:
         for vcpu, name in reactions:
             moves.append(Move(f"kvm:vcpu{vcpu}", name, (vcpu,), _reaction_label(vcpu, name)))
         mid_command = self._mid_command()
+        nmi_landed = {v for v, _ in self.nmi_landing}
         for vcpu in sorted(mid_command - self.waiting - entering):
-            if m.run_status(vcpu) is RunResult.RUNS and m.vcpus[vcpu].regs["rip"] is not GUEST:
+            landed = m.vcpus[vcpu].regs["rip"] is not GUEST or vcpu in nmi_landed
+            if m.run_status(vcpu) is RunResult.RUNS and landed:
                 moves.append(Move(f"vcpu{vcpu}", "report", (vcpu,), ""))
         for vcpu in sorted((self.waiting | mid_command) - entering):
             status = m.run_status(vcpu)
@@ -416,6 +428,8 @@ class System:
             return phase == Phase.HALT_EXIT
         # Guest instructions. After an INIT reset or a SIPI the guest runs the reset ROM or a
         # landing page, not the rest of its command: that is a report, not these moves.
+        if any(vcpu == v for vcpu, _ in self.nmi_landing):
+            return False  # it runs its landing (past an NMI), not its command
         return phase == Phase.GUEST and vcpus[v].mp_state == 0 and vcpus[v].regs["rip"] is GUEST
 
     # ------------------------------------------------------------------ performing a move
@@ -425,7 +439,13 @@ class System:
         m = self.machine
         op, args = move.op, move.args
         if move.thread.startswith("kvm:"):
-            m.step(args[0], op)
+            vcpu = args[0]
+            landing = restart_report(m, vcpu)
+            nmi = m.vcpus[vcpu].nmi_pending
+            m.step(vcpu, op)
+            if nmi and not m.vcpus[vcpu].nmi_pending and landing not in (None, GUEST):
+                if restart_report(m, vcpu) is None:  # the NMI was taken at the landing
+                    self.nmi_landing |= {(vcpu, landing)}
             return {}
         if op == "reenter":
             m.enter_run(args[0])
@@ -470,6 +490,9 @@ class System:
         program_, pc = self.programs.get(thread, ()), self.pcs.get(thread, 0)
         command = program_[pc].command if pc < len(program_) else ""
         how = restart_report(m, vcpu)
+        if how is None:
+            how = next((h for v, h in self.nmi_landing if v == vcpu), None)
+        self.nmi_landing = frozenset(x for x in self.nmi_landing if x[0] != vcpu)
         if how is None:
             how = {"hlt": "hlt", "start": "ready"}.get(command, "woke")
         m.guest_runs(vcpu)
