@@ -92,6 +92,7 @@ class FuzzReport:
     findings: list = field(default_factory=list)
     repeated: dict = field(default_factory=dict)  # signature -> divergences not shrunk again
     known: dict = field(default_factory=dict)  # known.KNOWN key -> traces counted under it
+    first_seen: dict = field(default_factory=dict)  # signature not shrunk -> (seed, file or None)
     switches_seen: set = field(default_factory=set)
     switches_sampled: set = field(default_factory=set)
     transitions: set = field(default_factory=set)
@@ -239,6 +240,8 @@ def fuzz(
     for index, sig in divergent:
         if sig in shrunk_signatures or len(report.findings) >= max_shrunk:
             report.repeated[sig] = report.repeated.get(sig, 0) + 1
+            if sig not in report.first_seen and sig not in shrunk_signatures:
+                report.first_seen[sig] = _keep_unshrunk(seed, index, profile, outdir)
             continue
         if relevant is not None and not relevant(
             random_trace(trace_seed(seed, index), profile=profile)
@@ -248,6 +251,18 @@ def fuzz(
         shrunk_signatures.add(sig)
         report.findings.append(_investigate(seed, index, sig, profile, context, outdir, relevant))
     return report
+
+
+def _keep_unshrunk(seed, index, profile, outdir) -> tuple:
+    """(trace seed, file): a divergence not shrunk still leaves its whole trace to look at."""
+    path = None
+    if outdir:
+        trace = random_trace(trace_seed(seed, index), profile=profile)
+        os.makedirs(outdir, exist_ok=True)
+        path = os.path.join(outdir, f"{trace.name}-unshrunk.yaml")
+        with open(path, "w") as out:
+            out.write(dump_trace(trace))
+    return trace_seed(seed, index), path
 
 
 def _investigate(seed, index, sig, profile, context, outdir, relevant=None) -> Finding:
@@ -335,7 +350,11 @@ def render(report: FuzzReport) -> str:
         if not finding.files:
             lines.append("  " + dump_trace(what).replace("\n", "\n  ").rstrip())
     for sig, n in sorted(report.repeated.items()):
-        lines.append(f"  and {n} more divergences with signature {sig!r} (not shrunk again)")
+        first = report.first_seen.get(sig)
+        where = ""
+        if first is not None:
+            where = f"; first: seed {first[0]}" + (f", {first[1]}" if first[1] else "")
+        lines.append(f"  and {n} more divergences with signature {sig!r} (not shrunk again{where})")
     for key, n in sorted(report.known.items()):
         lines.append(
             f"known divergence {key}: {n} traces diverged first there (the rest of each was "
