@@ -29,7 +29,10 @@ from .gen import random_trace
 from .predict import predict
 from .shrink import shrink, size
 
-TRACE_TIMEOUT = 20.0  # seconds: a hung trace is an ERROR, not the end of the search
+# Seconds a trace may take: a hung trace is an ERROR, not the end of the search. A step whose
+# vCPU thread never goes quiet (it spins, or runs guest code) costs the settle bound (2 s), and
+# random traces have up to about 20 steps: 20 s timed out honest traces (seed 7, trace 1139).
+TRACE_TIMEOUT = 60.0
 CONFIRM = 3  # runs a divergence must fail, every time, to count as reproducible
 COVERAGE_EVERY = 4
 SHRINK_BUDGET = 120  # candidates tried per divergence (each run CONFIRM times)
