@@ -6,9 +6,9 @@ of a VM, a wait of milliseconds in the kernel, overlap with other traces. For th
 that take microseconds, releasing costs more than it gives: with a dozen threads per process
 every release and re-acquire is a futex handoff (about 200 per host-driven trace). So the
 ioctls in WAITS go through cffi, the others through libc's ioctl by ctypes.PyDLL, which keeps
-the GIL. A vCPU ioctl could wait for that vCPU's mutex while its thread is in KVM_RUN; the
-harness never issues one then (it kicks the thread out first, kvmtest.exec.workers), and
-KVM_RUN itself is never here.
+the GIL. A vCPU ioctl waits for that vCPU's mutex while a thread is in KVM_RUN on it: Vcpu
+passes may_wait then, and the GIL is released (the harness kicks the thread out first anyway,
+kvmtest.exec.workers). KVM_RUN itself is never here.
 """
 
 import ctypes
@@ -56,9 +56,9 @@ _REQUESTS = _Requests()
 WAITS = frozenset({"KVM_CREATE_VM", "KVM_SET_USER_MEMORY_REGION", "KVM_CREATE_IRQCHIP"})
 
 
-def _issue(fd: int, name: str, arg, integer) -> int:
+def _issue(fd: int, name: str, arg, integer, may_wait: bool = False) -> int:
     """The ioctl's result, or -errno."""
-    if name in WAITS:
+    if may_wait or name in WAITS:
         if integer is not None:
             ret = lib.kvmtest_ioctl_int(fd, _REQUESTS[name], integer)
         else:
@@ -72,14 +72,19 @@ def _issue(fd: int, name: str, arg, integer) -> int:
     return ret if ret >= 0 else -ctypes.get_errno()
 
 
-def ioctl_raw(fd: int, name: str, arg=None, *, integer: int | None = None) -> int:
-    """Issue ioctl `name`; return its result or -errno; never raises (selftests' `__` layer)."""
-    return _issue(fd, name, arg, integer)
+def ioctl_raw(
+    fd: int, name: str, arg=None, *, integer: int | None = None, may_wait: bool = False
+) -> int:
+    """Issue ioctl `name`; return its result or -errno; never raises (selftests' `__` layer).
+    `may_wait`: the caller knows it may block (a vCPU ioctl while that vCPU runs)."""
+    return _issue(fd, name, arg, integer, may_wait)
 
 
-def ioctl(fd: int, name: str, arg=None, *, integer: int | None = None) -> int:
+def ioctl(
+    fd: int, name: str, arg=None, *, integer: int | None = None, may_wait: bool = False
+) -> int:
     """Issue ioctl `name`; raise KvmError on failure (the checked layer)."""
-    ret = _issue(fd, name, arg, integer)
+    ret = _issue(fd, name, arg, integer, may_wait)
     if ret < 0:
         raise KvmError(name, -ret)
     return ret

@@ -171,22 +171,30 @@ class Vcpu(OwnedFd):
 
     # --- state ioctls --------------------------------------------------------------------
 
+    def _ioctl(self, name: str, arg=None) -> int:
+        """A vCPU ioctl; while a thread is inside KVM_RUN on this vCPU it waits for the vCPU's
+        mutex, so then it releases the GIL (kvmtest.kvm._lib)."""
+        return _lib.ioctl(self._fd, name, arg, may_wait=self._thread is not None)
+
+    def _ioctl_raw(self, name: str, arg=None) -> int:
+        return _lib.ioctl_raw(self._fd, name, arg, may_wait=self._thread is not None)
+
     def _get(self, name: str, ctype: str):
         value = _lib.ffi.new(ctype)
-        _lib.ioctl(self._fd, name, value)
+        self._ioctl(name, value)
         return value
 
     def get_regs(self):
         return self._get("KVM_GET_REGS", "struct kvm_regs *")
 
     def set_regs(self, regs) -> None:
-        _lib.ioctl(self._fd, "KVM_SET_REGS", regs)
+        self._ioctl("KVM_SET_REGS", regs)
 
     def get_sregs(self):
         return self._get("KVM_GET_SREGS", "struct kvm_sregs *")
 
     def set_sregs(self, sregs) -> None:
-        _lib.ioctl(self._fd, "KVM_SET_SREGS", sregs)
+        self._ioctl("KVM_SET_SREGS", sregs)
 
     def get_mp_state(self) -> int:
         """KVM_GET_MP_STATE. Since Linux 3.10 this processes pending INIT/SIPI first."""
@@ -194,7 +202,7 @@ class Vcpu(OwnedFd):
 
     def set_mp_state_raw(self, mp_state: int) -> int:
         arg = _lib.ffi.new("struct kvm_mp_state *", {"mp_state": mp_state})
-        return _lib.ioctl_raw(self._fd, "KVM_SET_MP_STATE", arg)
+        return self._ioctl_raw("KVM_SET_MP_STATE", arg)
 
     def set_mp_state(self, mp_state: int) -> None:
         ret = self.set_mp_state_raw(mp_state)
@@ -208,13 +216,13 @@ class Vcpu(OwnedFd):
     def set_lapic(self, regs: bytes) -> None:
         state = _lib.ffi.new("struct kvm_lapic_state *")
         _lib.ffi.memmove(state.regs, regs, len(regs))
-        _lib.ioctl(self._fd, "KVM_SET_LAPIC", state)
+        self._ioctl("KVM_SET_LAPIC", state)
 
     def get_vcpu_events(self):
         return self._get("KVM_GET_VCPU_EVENTS", "struct kvm_vcpu_events *")
 
     def set_vcpu_events_raw(self, events) -> int:
-        return _lib.ioctl_raw(self._fd, "KVM_SET_VCPU_EVENTS", events)
+        return self._ioctl_raw("KVM_SET_VCPU_EVENTS", events)
 
     def set_vcpu_events(self, events) -> None:
         ret = self.set_vcpu_events_raw(events)
@@ -230,7 +238,7 @@ class Vcpu(OwnedFd):
         msrs.nmsrs = len(indices)
         for i, index in enumerate(indices):
             msrs.entries[i].index = index
-        done = _lib.ioctl(self._fd, "KVM_GET_MSRS", msrs)
+        done = self._ioctl("KVM_GET_MSRS", msrs)
         if done != len(indices):
             raise KvmError("KVM_GET_MSRS", 22, f"MSR {indices[done]:#x} not readable")
         return {msrs.entries[i].index: msrs.entries[i].data for i in range(done)}
@@ -244,22 +252,22 @@ class Vcpu(OwnedFd):
         for i, (index, data) in enumerate(values.items()):
             msrs.entries[i].index = index
             msrs.entries[i].data = data
-        done = _lib.ioctl(self._fd, "KVM_SET_MSRS", msrs)
+        done = self._ioctl("KVM_SET_MSRS", msrs)
         if done != len(values):
             index = list(values)[done]
             raise KvmError("KVM_SET_MSRS", 22, f"MSR {index:#x} not writable")
 
     def set_cpuid2(self, cpuid) -> None:
-        _lib.ioctl(self._fd, "KVM_SET_CPUID2", cpuid.pointer)
+        self._ioctl("KVM_SET_CPUID2", cpuid.pointer)
 
     def nmi_raw(self) -> int:
-        return _lib.ioctl_raw(self._fd, "KVM_NMI")
+        return self._ioctl_raw("KVM_NMI")
 
     def nmi(self) -> None:
-        _lib.ioctl(self._fd, "KVM_NMI")
+        self._ioctl("KVM_NMI")
 
     def smi_raw(self) -> int:
-        return _lib.ioctl_raw(self._fd, "KVM_SMI")
+        return self._ioctl_raw("KVM_SMI")
 
     def smi(self) -> None:
-        _lib.ioctl(self._fd, "KVM_SMI")
+        self._ioctl("KVM_SMI")
