@@ -251,8 +251,8 @@ def random_trace(seed: int, name: str | None = None, profile="mainline") -> f.Tr
     guest = "stepper" if rng.random() < 0.5 else "none"
     if guest == "stepper":
         rng.vectors, rng.stepper = LANDING_VECTORS, True
-        # SIPI_RECEIVED starts the vCPU at the last SIPI vector, 0 if none came: no landing page
-        rng.mp_states = [s for s in _Rng.mp_states if s != 3]
+        # SIPI_RECEIVED (4) starts the vCPU at the last SIPI vector, 0 if none came: no landing
+        rng.mp_states = [s for s in _Rng.mp_states if s != f.MP_STATES["SIPI_RECEIVED"]]
     setup = f.Setup(
         vcpus=n,
         apic="x2apic" if x2apic else "xapic",

@@ -30,10 +30,16 @@ def _self_init_runs_on(trace: f.Trace, mismatch) -> bool:
     finish and report the ICR write first."""
     if mismatch.step >= len(trace.steps):
         return False
-    step = trace.steps[mismatch.step]
+    # The ICR command the report answers: the vCPU's last command up to that step (the report
+    # can come at a later step, when a host operation woke the vCPU into its command).
+    commands = [
+        s
+        for s in trace.steps[: mismatch.step + 1]
+        if isinstance(s, (f.Icr, f.GuestCommand)) and s.vcpu == mismatch.vcpu
+    ]
+    step = commands[-1] if commands else None
     return (
         isinstance(step, f.Icr)
-        and mismatch.vcpu == step.vcpu
         and mismatch.field == "report"
         and mismatch.expected in ("reset", "none")
         and mismatch.observed == "icr"

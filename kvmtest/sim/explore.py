@@ -119,14 +119,17 @@ def init_then_sipi_targets(block: f.Concurrently, setup: f.Setup, nr_vcpus: int)
                 sender = step.vcpu
                 to = {dest} if shorthand == 0 else set(range(nr_vcpus)) - {sender}
             elif isinstance(step, f.Msi):
-                mode, to = (step.data >> 8) & 7, {(step.address_lo >> 12) & 0xFF}
+                mode, dest = (step.data >> 8) & 7, (step.address_lo >> 12) & 0xFF
+                to = {dest}
             else:
                 continue
+            if dest in (0xFF, 0xFFFFFFFF) and (isinstance(step, f.Msi) or shorthand == 0):
+                to = set(range(nr_vcpus))  # the broadcast (seed 8: an IndexError before)
             if mode == 5:
                 got_init |= to
             elif mode == 6:
                 targets |= got_init & to
-    return {t for t in targets if t != 0}
+    return {t for t in targets if 0 < t < nr_vcpus}  # APIC IDs nobody has are no AP
 
 
 class Explorer:

@@ -930,7 +930,10 @@ def _register_step(ctx, kind, body, line):
                 (name, ctx.integer(body[name], f"{kind}.{name}", line, 0, (1 << bits) - 1))
             )
     if not values:
-        raise ctx.error(line, f"{kind}: names no field to set (one of: {', '.join(names)})")
+        shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
+        raise ctx.error(
+            line, f"{kind}: names no field to set (one of: {shown}; docs/traces.md lists them)"
+        )
     return cls(vcpu, tuple(values), line=line)
 
 

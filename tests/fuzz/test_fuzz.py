@@ -97,10 +97,16 @@ def test_known_self_init_divergence_is_classified_on_pvm_only(apic):
     for other in (
         _mismatch(1, "report", "reset", "woke"),  # another observed value
         _mismatch(1, "mp_state", "reset", "icr"),  # another field
-        _mismatch(0, "report", "reset", "icr"),  # another step (the start)
+        _mismatch(0, "report", "reset", "icr"),  # at the start, before any ICR command
         _mismatch(1, "report", "reset", "icr", vcpu=1),  # not the sender
     ):
         assert known.classify(trace, SimpleNamespace(mismatches=[other]), "pvm") is None
     fixed = replace(trace, steps=(trace.steps[0], replace(trace.steps[1], value=0x4020)))
     assert known.classify(fixed, seen, "pvm") is None  # a fixed IPI, not an INIT
     assert known.classify(trace, SimpleNamespace(mismatches=[]), "pvm") is None
+    # The report may come at a later host step that woke the vCPU into its ICR command.
+    later = replace(trace, steps=(*trace.steps, f.Msi(0xFEE00000, 0, 0x610)))
+    woken = SimpleNamespace(mismatches=[_mismatch(2, "report", "reset", "icr")])
+    assert known.classify(later, woken, "pvm") == "pvm-self-init-runs-on"
+    hlt = replace(later, steps=(*trace.steps, f.GuestCommand(0, "hlt"), later.steps[-1]))
+    assert known.classify(hlt, woken, "pvm") is None  # its last command was a HLT
