@@ -445,7 +445,11 @@ class System:
             m.step(vcpu, op)
             if nmi and not m.vcpus[vcpu].nmi_pending and landing not in (None, GUEST):
                 if restart_report(m, vcpu) is None:  # the NMI was taken at the landing
-                    self.nmi_landing |= {(vcpu, landing)}
+                    # A landing page's CS base is selector * 16, which the handler's IRET
+                    # reloads as it was; the reset vector's 0xffff0000 is not: after the IRET
+                    # the vCPU runs at 0xffff0 instead, which nobody can predict (seed 8).
+                    how = landing if landing.startswith("sipi") else GUEST
+                    self.nmi_landing |= {(vcpu, how)}
             return {}
         if op == "reenter":
             m.enter_run(args[0])
