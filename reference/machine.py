@@ -1009,7 +1009,7 @@ class Machine:
             if not self.smm_supported and (smm_v or pend_v):
                 # d.5: no SMM. Refused only here, after the NMI and SIPI fields took effect:
                 # observed on this host (kvmtest fuzz, seed 8, trace 1194: a pending SIPI then
-                # delivered the vector of the refused call), as mainline's #else branch does.
+                # landed on the refused call's vector); the kernel line refusing is unchecked.
                 return EINVAL
             if v.smm != smm_v:
                 v.smm = smm_v  # rule 32: kvm_smm_changed; KVM_REQ_EVENT below

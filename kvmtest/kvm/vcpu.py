@@ -58,11 +58,9 @@ class Vcpu(OwnedFd):
                 if self._thread is None:
                     # run() from now on sees the harmless page and fd -1 (EBADF).
                     self._dead_page = _lib.ffi.new("char[]", mmap.PAGESIZE)
-                    mapped, self._run = (
-                        self._run,
-                        _lib.ffi.cast("struct kvm_run *", self._dead_page),
-                    )
-                    if mapped is None:
+                    mapped = self._run is not None
+                    self._run = _lib.ffi.cast("struct kvm_run *", self._dead_page)
+                    if not mapped:
                         return  # never ran: nothing is mapped
                     break
             if time.monotonic() > deadline:

@@ -395,9 +395,8 @@ class System:
         for vcpu, name in reactions:
             moves.append(Move(f"kvm:vcpu{vcpu}", name, (vcpu,), _reaction_label(vcpu, name)))
         mid_command = self._mid_command()
-        nmi_landed = {v for v, _ in self.nmi_landing}
         for vcpu in sorted(mid_command - self.waiting - entering):
-            landed = m.vcpus[vcpu].regs["rip"] is not GUEST or vcpu in nmi_landed
+            landed = m.vcpus[vcpu].regs["rip"] is not GUEST or self._nmi_landed(vcpu) is not None
             if m.run_status(vcpu) is RunResult.RUNS and landed:
                 moves.append(Move(f"vcpu{vcpu}", "report", (vcpu,), ""))
         for vcpu in sorted((self.waiting | mid_command) - entering):
@@ -428,7 +427,7 @@ class System:
             return phase == Phase.HALT_EXIT
         # Guest instructions. After an INIT reset or a SIPI the guest runs the reset ROM or a
         # landing page, not the rest of its command: that is a report, not these moves.
-        if any(vcpu == v for vcpu, _ in self.nmi_landing):
+        if self._nmi_landed(v) is not None:
             return False  # it runs its landing (past an NMI), not its command
         return phase == Phase.GUEST and vcpus[v].mp_state == 0 and vcpus[v].regs["rip"] is GUEST
 
@@ -481,6 +480,11 @@ class System:
             m.apply(reference.Step(op, args))
         return {}
 
+    def _nmi_landed(self, vcpu: int):
+        """The landing `vcpu` took an NMI at before its first instruction (GUEST: one nobody can
+        follow), or None."""
+        return next((how for v, how in self.nmi_landing if v == vcpu), None)
+
     def _command_report(self, vcpu: int, command: str) -> None:
         if command == "start" and vcpu == 0 and self.setup.apic == "x2apic":
             self.machine.enable_x2apic(0)  # GuestVm.start() switches the BSP to x2APIC
@@ -495,7 +499,7 @@ class System:
         command = program_[pc].command if pc < len(program_) else ""
         how = restart_report(m, vcpu)
         if how is None:
-            how = next((h for v, h in self.nmi_landing if v == vcpu), None)
+            how = self._nmi_landed(vcpu)
         self.nmi_landing = frozenset(x for x in self.nmi_landing if x[0] != vcpu)
         if how is None:
             how = {"hlt": "hlt", "start": "ready"}.get(command, "woke")

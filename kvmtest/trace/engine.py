@@ -379,28 +379,11 @@ def _check_outcome_pins(trace, index, block, profile, exploration, result) -> No
     result.pins_checked += 1
     explored = frozenset(exploration.outcomes)
     field = "outcome" + Mismatch.PIN_SUFFIX
-    for label in sorted(explored - pinned):
-        result.mismatches.append(
-            Mismatch(
-                index,
-                trace.location(block),
-                None,
-                field,
-                "not pinned",
-                label,
-            )
-        )
-    for label in sorted(pinned - explored):
-        result.mismatches.append(
-            Mismatch(
-                index,
-                trace.location(block),
-                None,
-                field,
-                label,
-                "not explored",
-            )
-        )
+    location = trace.location(block)
+    differences = [("not pinned", label) for label in sorted(explored - pinned)]
+    differences += [(label, "not explored") for label in sorted(pinned - explored)]
+    for expected, observed in differences:
+        result.mismatches.append(Mismatch(index, location, None, field, expected, observed))
 
 
 def _error(result, trace, index, step, message: str) -> None:
