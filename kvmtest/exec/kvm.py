@@ -7,6 +7,7 @@ stays so for a quiet period, or the bound runs out. Nothing here knows what the 
 predicted, so an unexpected report or an extra wake-up shows up as a difference either way.
 """
 
+import contextlib
 import queue
 import random
 import threading
@@ -127,8 +128,14 @@ class KvmSide:
     # --- operations ----------------------------------------------------------------------------
 
     def perform(self, op) -> dict:
-        """Perform one operation; return what it showed, {(vcpu, field): value}."""
-        return _PERFORM[op.kind](self, op)
+        """Perform one operation; return what it showed, {(vcpu, field): value}. A spinning
+        vCPU thread is judged on what it does after the operation, which may have ended the
+        spin (a SIPI): the window of VcpuWorker.spinning starts again."""
+        try:
+            return _PERFORM[op.kind](self, op)
+        finally:
+            for worker in self.workers.values():
+                worker.forget_spin()
 
     def msi(self, step: f.Msi) -> dict:
         return {
@@ -321,16 +328,20 @@ class KvmSide:
         lock = threading.Lock()
         delays = [[rng.uniform(0, jitter) for _ in b.steps] for b in block.branches]
 
+        branches = _Branches(len(block.branches))
+
         def branch(index: int, steps) -> None:
             try:
                 for delay, step in zip(delays[index], steps, strict=True):
                     _busy_wait(delay)
-                    got = self._block_step(step)
+                    got = self._block_step(step, branches)
                     if got is not None:
                         with lock:
                             reports.add(got)
             except Exception as exc:  # handed to the engine
                 errors.append(exc)
+            finally:
+                branches.finished()
 
         threads = [
             threading.Thread(target=branch, args=(i, b.steps), daemon=True)
@@ -355,20 +366,46 @@ class KvmSide:
                     reports.add((vcpu, how))
         return frozenset(reports)
 
-    def _block_step(self, step):
+    def _block_step(self, step, branches: "_Branches"):
         """One step of a branch; a guest command waits for its report (bounded)."""
         kind = step.command if step.kind == "guest" else step.kind
         if kind not in BLOCK_OPS:
             raise NotImplementedError(f"{step.kind} steps inside a concurrent block")
         self.perform(step)
         if step.kind in ("icr", "guest"):
-            try:
-                report = self.workers[step.vcpu].reports.get(timeout=REPORT_TIMEOUT)
-            except queue.Empty:
+            report = self._block_report(step.vcpu, branches)
+            if report is None:
                 return None  # still halted (a lost wake-up): the outcome will show it
             how = describe_report(report)
             return None if how in COMMAND_ACKS else (step.vcpu, how)
         return None
+
+    def _block_report(self, vcpu: int, branches: "_Branches"):
+        """The vCPU's next report, or None when none can come: the bound ran out, or no branch
+        can act any more (each finished or waits for a report too) and every busy vCPU thread
+        sleeps or spins in KVM_RUN, quiet for QUIET, so that nothing is left to wake one."""
+        worker = self.workers[vcpu]
+        deadline = time.monotonic() + REPORT_TIMEOUT
+        quiet_since = None
+        with branches.waiting():
+            while True:
+                try:
+                    return worker.reports.get(timeout=POLL)
+                except queue.Empty:
+                    pass
+                now = time.monotonic()
+                if now > deadline:
+                    return None
+                if not branches.none_active():
+                    quiet_since = None
+                    continue
+                busy, asleep, spinning = self._thread_states()
+                if busy != asleep | spinning:
+                    quiet_since = None
+                elif quiet_since is None:
+                    quiet_since = now
+                elif now - quiet_since >= QUIET:
+                    return None
 
     def smp_boot(self, step: f.SmpBoot) -> dict:
         result = self.guest_vm.smp_boot(broadcast=step.broadcast, vector=step.vector)
@@ -389,10 +426,9 @@ class KvmSide:
         quiet_since = None
         while True:
             got = self._drain_reports(out)
-            busy = {vcpu for vcpu, worker in self.workers.items() if worker.busy}
-            asleep = {vcpu for vcpu in busy if self.workers[vcpu].asleep()}
+            busy, asleep, spinning = self._thread_states()
             now = time.monotonic()
-            if got or asleep != busy:
+            if got or asleep | spinning != busy:
                 quiet_since = None
             elif quiet_since is None:
                 quiet_since = now
@@ -405,6 +441,15 @@ class KvmSide:
         for vcpu in sorted(busy):
             out[(vcpu, "thread")] = "blocked" if vcpu in asleep else "running"
         return out
+
+    def _thread_states(self) -> tuple[set, set, set]:
+        """(busy, asleep, spinning): the vCPUs busy with a command, those of them whose thread
+        sleeps in KVM_RUN, and the others whose thread spins there without entering the guest
+        (VcpuWorker.spinning). Neither of the last two can report by itself."""
+        busy = {vcpu for vcpu, worker in self.workers.items() if worker.busy}
+        asleep = {vcpu for vcpu in busy if self.workers[vcpu].asleep()}
+        spinning = {vcpu for vcpu in busy - asleep if self.workers[vcpu].spinning()}
+        return busy, asleep, spinning
 
     def thread_positions(self, observed: dict) -> dict:
         """Where each vCPU thread was when the step settled, from what settle() saw."""
@@ -462,6 +507,33 @@ class KvmSide:
                 self.guest_vm.close()
             else:
                 self.vm.close()
+
+
+class _Branches:
+    """How many branches of a concurrent block can still act: neither finished nor waiting
+    for a report. When none can, a report that has not come will not come by itself."""
+
+    def __init__(self, count: int):
+        self._active = count
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def waiting(self):
+        with self._lock:
+            self._active -= 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active += 1
+
+    def finished(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+    def none_active(self) -> bool:
+        with self._lock:
+            return self._active == 0
 
 
 class _Paused:

@@ -10,9 +10,15 @@ import queue
 import threading
 
 from kvmtest import guest as g
-from kvmtest.kvm.threadstate import blocked_in_kvm, wait_asleep
+from kvmtest.kvm.threadstate import blocked_in_kvm, on_cpu_ns, wait_asleep
 
 IDLE, BUSY, PAUSED = "idle", "busy", "paused"
+
+# CPU time a busy thread must burn with KVM's exit counter standing still to count as spinning
+# inside KVM_RUN. A vCPU running guest code exits at every host timer tick (about once per
+# millisecond of CPU on this host, docs/host-findings.md#finding-8), so 10 ms is ten ticks
+# at HZ=1000 and still two and a half at HZ=250.
+SPIN_CPU_NS = 10_000_000
 
 
 class VcpuWorker:
@@ -25,6 +31,7 @@ class VcpuWorker:
         self._outstanding = 0  # commands submitted and not yet answered (queued ones count)
         self._pause_requested = False
         self._stopping = False
+        self._spin_base = None  # (exits, on-CPU ns) when the exit counter last moved
         self.native_id = None  # the worker thread's kernel TID, set when it starts
         self._thread = threading.Thread(target=self._loop, name=f"vcpu{stepper.index}", daemon=True)
         self._thread.start()
@@ -33,6 +40,7 @@ class VcpuWorker:
 
     def _loop(self) -> None:
         self.native_id = threading.get_native_id()
+        self.stepper.vcpu.stats()  # before KVM_RUN: the ioctl waits for the vCPU's mutex
         while True:
             item = self._commands.get()
             with self._cond:
@@ -74,6 +82,7 @@ class VcpuWorker:
         """Start a command (None: just enter KVM_RUN, as an AP waiting for its SIPI does)."""
         with self._cond:
             self._outstanding += 1
+        self.forget_spin()
         self._commands.put((command, arg0, arg1))
 
     def pause(self, timeout: float = 5.0) -> None:
@@ -121,6 +130,27 @@ class VcpuWorker:
         return (
             tid is not None and self.busy and self.stepper.vcpu.in_kvm_run and blocked_in_kvm(tid)
         )
+
+    def forget_spin(self) -> None:
+        """Start spinning()'s window again: something happened that may end a spin."""
+        self._spin_base = None
+
+    def spinning(self) -> bool:
+        """Busy, and since the exit counter last moved the thread burned SPIN_CPU_NS of CPU:
+        it never entered the guest, so it spins in KVM's own loop (a pending NMI in
+        wait-for-SIPI, docs/semantics.md#rule-18), which only an INIT or SIPI from outside
+        ends. False where the kernel has no statistics: then only the settle bound decides."""
+        tid, stats = self.native_id, self.stepper.vcpu.stats()
+        if tid is None or stats is None or not self.busy:
+            return False
+        exits, cpu = stats.read("exits"), on_cpu_ns(tid)
+        if cpu is None:
+            return False
+        base = self._spin_base
+        if base is None or base[0] != exits:
+            self._spin_base = (exits, cpu)
+            return False
+        return cpu - base[1] >= SPIN_CPU_NS
 
     @property
     def busy(self) -> bool:

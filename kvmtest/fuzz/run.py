@@ -30,8 +30,8 @@ from .predict import predict
 from .shrink import shrink, size
 
 # Seconds a trace may take: a hung trace is an ERROR, not the end of the search. A step whose
-# vCPU thread never goes quiet (it spins, or runs guest code) costs the settle bound (2 s), and
-# random traces have up to about 20 steps: 20 s timed out honest traces (seed 7, trace 1139).
+# vCPU thread runs guest code that never reports costs the settle bound (2 s), and random
+# traces have up to about 20 steps: 20 s timed out honest traces (seed 7, trace 1139).
 TRACE_TIMEOUT = 60.0
 CONFIRM = 3  # runs a divergence must fail, every time, to count as reproducible
 COVERAGE_EVERY = 4

@@ -11,7 +11,18 @@ Every structure is little-endian x86-64. Names are the kernel's.
 
 from __future__ import annotations
 
-from construct import Array, Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct, this
+from construct import (
+    Array,
+    Bytes,
+    Int8ul,
+    Int16sl,
+    Int16ul,
+    Int32ul,
+    Int64ul,
+    Padding,
+    Struct,
+    this,
+)
 
 u8, u16, u32, u64 = Int8ul, Int16ul, Int32ul, Int64ul
 
@@ -172,6 +183,24 @@ def with_lapic_registers(page: bytes, **values: int) -> bytes:
     return bytes(out)
 
 
+# KVM_GET_STATS_FD (Linux 5.14+): the header, then num_desc descriptors of
+# sizeof(kvm_stats_desc) + name_size bytes each (a NUL-padded name follows each one).
+kvm_stats_header = Struct(
+    "flags" / u32,
+    "name_size" / u32,
+    "num_desc" / u32,
+    "id_offset" / u32,
+    "desc_offset" / u32,
+    "data_offset" / u32,
+)
+kvm_stats_desc = Struct(
+    "flags" / u32,
+    "exponent" / Int16sl,
+    "size" / u16,
+    "offset" / u32,
+    "bucket_size" / u32,
+)
+
 # The structures whose layout tests/kvm/test_layouts.py checks against <linux/kvm.h>.
 STRUCTS = {
     "kvm_regs": kvm_regs,
@@ -186,4 +215,6 @@ STRUCTS = {
     "kvm_cpuid_entry2": kvm_cpuid_entry2,
     "kvm_userspace_memory_region": kvm_userspace_memory_region,
     "kvm_lapic_state": kvm_lapic_state,
+    "kvm_stats_header": kvm_stats_header,
+    "kvm_stats_desc": kvm_stats_desc,
 }

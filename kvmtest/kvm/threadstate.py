@@ -26,6 +26,15 @@ def thread_state(tid: int) -> str:
         return "?"
 
 
+def on_cpu_ns(tid: int) -> int | None:
+    """Nanoseconds thread `tid` of this process has run on a CPU (schedstat), or None."""
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat") as schedstat:
+            return int(schedstat.read().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 # Where a vCPU thread sleeps when KVM blocks it (kvm_vcpu_halt calls kvm_vcpu_block).
 BLOCK_FUNCTIONS = frozenset({"kvm_vcpu_block", "kvm_vcpu_halt"})
 

@@ -6,7 +6,7 @@ import signal
 import threading
 import time
 
-from . import _lib, exits
+from . import _lib, exits, stats
 from .errors import KvmError
 from .fd import OwnedFd
 
@@ -39,6 +39,7 @@ class Vcpu(OwnedFd):
         # kvm_run is mapped at the first KVM_RUN: most host-driven traces never run a vCPU.
         self._run_map = self._run_buffer = self._run = None
         self._exit = _lib.ffi.new("struct kvmtest_exit *")
+        self._stats = False  # not opened yet (kvmtest.kvm.stats; None: the kernel has none)
         _install_kick_handler()
 
     def _map_run(self) -> None:
@@ -52,6 +53,8 @@ class Vcpu(OwnedFd):
         """Unmap kvm_run, but never under a thread still inside KVM_RUN: that thread's C code
         reads the page when the ioctl returns (a segfault). Kick it out and wait; one that does
         not come out keeps the mapping (leaked with the process, never a crash)."""
+        if self._stats:
+            self._stats.close()
         deadline = time.monotonic() + wait
         while True:
             with self._kick_lock:
@@ -193,6 +196,14 @@ class Vcpu(OwnedFd):
 
     def set_sregs(self, sregs) -> None:
         self._ioctl("KVM_SET_SREGS", sregs)
+
+    def stats(self):
+        """The vCPU's statistics (kvmtest.kvm.stats.VcpuStats), opened at the first call;
+        None on a kernel that has none. KVM_GET_STATS_FD takes the vCPU's mutex, so the first
+        call waits while a thread is in KVM_RUN: make it before (VcpuWorker does)."""
+        if self._stats is False:
+            self._stats = stats.open_vcpu_stats(self)
+        return self._stats
 
     def get_mp_state(self) -> int:
         """KVM_GET_MP_STATE. Since Linux 3.10 this processes pending INIT/SIPI first."""
