@@ -184,12 +184,15 @@ class Explorer:
         must_land = init_then_sipi_targets(self.block, self.trace.setup, nr)
         label = getattr(self.profile, "label", self.profile)
         result = Exploration(self.trace.name, label, properties=("init-never-lost",))
-        # Breadth first: the first violating end state found has a shortest schedule.
-        nodes = {root.key(): root}
-        parent: dict = {root.key(): None}
+        # Breadth first: the first violating end state found has a shortest schedule. A state
+        # is hashed once, into `index`; everything else refers to it by its number (hashing a
+        # state's nested tuple again per lookup was most of the cost of a large block).
+        index = {root.key(): 0}
+        nodes = [root]
+        parent: list = [None]
         edges: dict = collections.defaultdict(list)
         terminal: dict = {}
-        queue = collections.deque([root.key()])
+        queue = collections.deque([0])
         while queue:
             key = queue.popleft()
             node = nodes[key]
@@ -203,15 +206,14 @@ class Explorer:
                     child.apply(move)
                 except reference.ModelError as exc:
                     raise ExploreError(f"model: {exc} (after {move.label})") from None
-                shown = move if move.label else _report_label(child, move)
-                child_key = child.key()
+                child_key = index.setdefault(child.key(), len(nodes))
                 edges[key].append(child_key)
-                if child_key not in nodes:
-                    nodes[child_key] = child
-                    parent[child_key] = (key, shown)
+                if child_key == len(nodes):
+                    nodes.append(child)
+                    parent.append((key, move if move.label else _report_label(child, move)))
                     queue.append(child_key)
         result.states = len(nodes)
-        counts = _path_counts(root.key(), edges, terminal)
+        counts = _path_counts(0, edges, terminal)
         result.interleavings = None if counts is None else sum(counts.values())
         violating = None
         nearest: dict = {}  # label -> (depth, end state)
