@@ -297,6 +297,7 @@ class VCpu:
         "pv_unhalted",
         "nested_block",
         "req_event",
+        "self_ipi_deferred",
     )
 
     def copy(self) -> VCpu:
@@ -427,6 +428,8 @@ class Machine:
             raise ModelError("a VM needs at least one vCPU")
         # architecture.py: under a manual's profile the segment types are the manual's (VMX's).
         self.flavour = "vmx" if arch_value(self.profile, "manual_segment_types") else flavour
+        # d.7.15, a fact of the vendor module, whatever the profile (a manual's profile too).
+        self.defers_self_ipi = flavour == "pvm"
         self.irqchip = irqchip
         self.lapic = irqchip != "none"  # split keeps the LAPIC in the kernel
         self.bsp_id = bsp
@@ -458,6 +461,7 @@ class Machine:
         v.smm = v.smi_pending = v.nmi_pending = v.req_event = False
         v.nmi_request = False  # KVM_REQ_NMI: set with every queued NMI, see _inject_nmi
         v.pv_unhalted = v.nested_block = False
+        v.self_ipi_deferred = False  # d.7.15: kvm_pvm, until the thread leaves KVM_RUN
         v.phase = Phase.OUT
         v.last_exit = None
         v.regs = R.reset_image(
@@ -766,7 +770,12 @@ class Machine:
                 return "#GP"  # rule 40
         elif s.x2apic_mode:
             return 0  # xAPIC MMIO is not decoded in x2APIC mode (UNVERIFIED: no IPI)
-        return self._deliver(enc.decode_icr(icr, x2apic), s)
+        before = (s.pending_init, s.pending_sipi, s.sipi_vector)
+        count = self._deliver(enc.decode_icr(icr, x2apic), s)
+        if self.defers_self_ipi and s.phase == Phase.GUEST:
+            if (s.pending_init, s.pending_sipi, s.sipi_vector) != before:
+                s.self_ipi_deferred = True  # d.7.15: the guest runs on to its exit to userspace
+        return count
 
     def signal_msi(self, address_lo: int, address_hi: int, data: int) -> int:
         """KVM_SIGNAL_MSI (rules 38, 39): the count, -1 for EPERM, -22 for EINVAL."""
@@ -1093,6 +1102,7 @@ class Machine:
 
     def _leave(self, v: VCpu, result: RunResult) -> RunResult:
         v.phase = Phase.OUT
+        v.self_ipi_deferred = False
         v.last_exit = result
         return result
 
@@ -1201,6 +1211,8 @@ class Machine:
     # ------------------------------------------------------------------ reactions
 
     def _guest_event_enabled(self, v: VCpu) -> bool:
+        if v.self_ipi_deferred:
+            return False  # d.7.15: not before the thread has left KVM_RUN
         if v.req_event or v.nmi_pending or v.nmi_request:
             return True
         return self.profile.smm_emulation and v.smi_pending and not v.smm

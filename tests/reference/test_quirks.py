@@ -217,3 +217,28 @@ def test_sipi_fixup_on_a_guest_segment_keeps_unknown_fields():
     m.get_mp_state(1)
     cs = m.get_sregs(1)["cs"]
     assert (cs["selector"], cs["base"], cs["limit"], cs["type"]) == (0x1000, 0x10000, GUEST, GUEST)
+
+
+@pytest.mark.parametrize("flavour", ["vmx", "svm", "pvm"])
+def test_d7_15_a_self_sent_init_waits_for_the_exit_only_on_kvm_pvm(flavour):
+    """d.7.15: VMX and SVM process an INIT the running BSP sent itself before it runs on;
+    kvm_pvm keeps it pending until the thread has left KVM_RUN, and the next processing
+    point (GET_MP_STATE here) takes it."""
+    from reference import Machine, MpState
+
+    m = Machine(2, "mainline", flavour)
+    for i in range(2):
+        m.set_lapic(i)
+    m.enter_run(0)
+    m.guest_runs(0)
+    assert m.icr_write(0, 0x4500, False) == 1  # INIT to APIC 0: itself
+    reacts = (0, "guest_event") in m.pending_steps()
+    assert reacts == (flavour != "pvm")
+    if reacts:
+        m.step(0, "guest_event")  # before the guest runs on: reset at once
+        assert not m.vcpus[0].pending_init and m.vcpus[0].regs["rip"] == 0xFFF0
+        return
+    m.kick_out(0)  # the stepper ran on to its report: an exit to userspace
+    assert m.vcpus[0].pending_init
+    assert m.get_mp_state(0) == MpState.RUNNABLE  # a processing point: the INIT is taken
+    assert not m.vcpus[0].pending_init and m.get_regs(0)["rip"] == 0xFFF0
