@@ -98,6 +98,7 @@ class _Child:
         task_r.close()
         result_w.close()  # only the child holds the write end: its death is an EOF here
         self.assigned: dict = {}
+        self.broken = False  # a send found it dead; get() replaces it at its EOF
 
 
 class Pool:
@@ -119,14 +120,23 @@ class Pool:
         self._dispatch()
 
     def _dispatch(self) -> None:
-        """Hand pending tasks to the least loaded children, at most 2 x threads each."""
+        """Hand pending tasks to the least loaded children, at most 2 x threads each. A child
+        that died since its last result breaks the pipe: its task goes to another child."""
         while self._pending:
-            child = min(self._children, key=lambda c: len(c.assigned))
+            alive = [c for c in self._children if not c.broken]
+            if not alive:
+                return
+            child = min(alive, key=lambda c: len(c.assigned))
             if len(child.assigned) >= 2 * self._threads:
                 return
             key, item = self._pending.popleft()
+            try:
+                child.tasks.send((key, item))
+            except OSError:  # BrokenPipeError (a test run saw it: tests/fuzz/test_pool.py)
+                child.broken = True
+                self._pending.appendleft((key, item))
+                continue
             child.assigned[key] = item
-            child.tasks.send((key, item))
 
     def get(self, timeout: float | None = None):
         """(key, value) of the next finished task; PoolError values are returned, not raised."""
