@@ -508,7 +508,7 @@ class System:
             self._command_report(vcpu, "start")
         else:
             self._report(vcpu, how)
-            if how is not GUEST and how not in COMMAND_ACKS:
+            if how not in COMMAND_ACKS:  # GUEST too: a report nobody can predict
                 self.landed |= {(vcpu, how)}
         if pc < len(program_) and program_[pc].op not in ("run_entry", "start_run"):
             self.pcs[thread] = program_[pc].end  # that report answers the command
