@@ -795,4 +795,6 @@ def _reaction_label(vcpu: int, name: str) -> str:
         "guest_event": f"vcpu{vcpu} (in KVM) processes KVM_REQ_EVENT before entering the guest",
         "wake": f"vcpu{vcpu} (in KVM) wakes from kvm_vcpu_block",
         "wake_uninit": f"vcpu{vcpu} (in KVM) wakes in the UNINITIALIZED branch",
+        "exit_event": f"vcpu{vcpu} exits (a host interrupt) before its report; KVM processes "
+        "the INIT/SIPI it sent itself",
     }.get(name, f"vcpu{vcpu} (in KVM) {name}")

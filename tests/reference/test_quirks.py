@@ -234,6 +234,7 @@ def test_d7_15_a_self_sent_init_waits_for_the_exit_only_on_kvm_pvm(flavour):
     assert m.icr_write(0, 0x4500, False) == 1  # INIT to APIC 0: itself
     reacts = (0, "guest_event") in m.pending_steps()
     assert reacts == (flavour != "pvm")
+    assert ((0, "exit_event") in m.pending_steps()) == (flavour == "pvm")  # the rare order
     if reacts:
         m.step(0, "guest_event")  # before the guest runs on: reset at once
         assert not m.vcpus[0].pending_init and m.vcpus[0].regs["rip"] == 0xFFF0
@@ -242,3 +243,24 @@ def test_d7_15_a_self_sent_init_waits_for_the_exit_only_on_kvm_pvm(flavour):
     assert m.vcpus[0].pending_init
     assert m.get_mp_state(0) == MpState.RUNNABLE  # a processing point: the INIT is taken
     assert not m.vcpus[0].pending_init and m.get_regs(0)["rip"] == 0xFFF0
+
+
+@pytest.mark.parametrize("flavour", ["vmx", "pvm"])
+def test_d7_15_a_self_sent_sipi_waits_too_and_lands_after_set_mp_state(flavour):
+    """d.7.15 for a SIPI: the running BSP's own SIPI is dropped at once on VMX (it was RUNNABLE,
+    rule 12); on kvm_pvm it is still pending when the host sets INIT_RECEIVED, and the next
+    processing point lands it (seed 8, trace 34359740516; an AP: seed 11, trace 2163)."""
+    from reference import Machine, MpState
+
+    m = Machine(2, "mainline", flavour)
+    for i in range(2):
+        m.set_lapic(i)
+    m.enter_run(0)
+    m.guest_runs(0)
+    assert m.icr_write(0, 0x44610, False) == 1  # SIPI 0x10 to itself (shorthand self)
+    if (0, "guest_event") in m.pending_steps():
+        m.step(0, "guest_event")  # VMX: processed (dropped) before the guest runs on
+    m.kick_out(0)
+    m.set_mp_state(0, MpState.INIT_RECEIVED)
+    landed = m.get_mp_state(0) == MpState.RUNNABLE
+    assert landed == (flavour == "pvm")

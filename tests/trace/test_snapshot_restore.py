@@ -156,6 +156,7 @@ def test_every_race_in_the_corpus_pins_its_outcomes_for_every_profile():
 
     traces, _ = load_traces([])
     for trace in traces:
-        if any(s.kind == "concurrently" for s in trace.steps):
+        # A self-IPI's outcomes depend on the vendor module (d.7.15), which a pin cannot name.
+        if any(s.kind == "concurrently" for s in trace.steps) and "self-ipi" not in trace.tags:
             pinned = {p for p, _ in trace.outcomes}
             assert pinned == {p for p in reference.PROFILES if trace.applies_to(p)}, trace.name
