@@ -19,7 +19,7 @@ from kvmtest.guest.protocol import COMMAND_ACKS
 from kvmtest.kvm import KvmError, layouts, lib
 from kvmtest.ops import BLOCK_OPS
 
-from .workers import VcpuWorker
+from .workers import VcpuWorker, guest_exit_interval_ns
 
 MSR_APIC_BASE = 0x1B
 APIC_BASE_X2APIC = 1 << 10
@@ -99,6 +99,9 @@ class KvmSide:
                 self.vm.close()
                 raise
         else:
+            # Measured once per process, here rather than inside the first settle(), whose
+            # bound it would eat on a slow host (a nested kernel under TCG).
+            guest_exit_interval_ns()
             image = "stepper" if setup.guest == "stepper" else "smp"
             self.guest_vm = g.GuestVm(
                 kvm, setup.vcpus, image, x2apic=setup.apic == "x2apic", irqchip=setup.irqchip

@@ -6,19 +6,69 @@ kick it out of KVM_RUN,
 wait until it is parked outside, read, and let it re-enter.
 """
 
+import functools
 import queue
 import threading
+import time
 
 from kvmtest import guest as g
 from kvmtest.kvm.threadstate import blocked_in_kvm, on_cpu_ns, wait_asleep
 
 IDLE, BUSY, PAUSED = "idle", "busy", "paused"
 
-# CPU time a busy thread must burn with KVM's exit counter standing still to count as spinning
-# inside KVM_RUN. A vCPU running guest code exits at every host timer tick (about once per
-# millisecond of CPU on this host, docs/host-findings.md#finding-8), so 10 ms is ten ticks
-# at HZ=1000 and still two and a half at HZ=250.
-SPIN_CPU_NS = 10_000_000
+# A busy thread counts as spinning inside KVM_RUN once it burned SPIN_EXITS times the CPU time
+# that guest code takes per exit on this host (guest_exit_interval_ns), and at least
+# SPIN_MIN_NS, while KVM's exit counter stood still (docs/host-findings.md#finding-8).
+SPIN_EXITS = 20
+SPIN_MIN_NS = 10_000_000
+CALIBRATION_CPU_NS = 20_000_000  # the guest code's CPU time the calibration looks at
+CALIBRATION_SECONDS = 2.0  # at most, on a loaded host
+
+
+@functools.cache
+def guest_exit_interval_ns() -> int | None:
+    """CPU time per exit of a vCPU that runs guest code without end, measured once per process
+    on this host's KVM (the stepper's spin loop, for 20 ms of its CPU): about 1 ms here, a host
+    timer tick. None where guest code exits too rarely to tell it from a thread that spins in
+    KVM's own loop (a nested guest under TCG ran 10 ms without an exit), where the kernel has
+    no statistics, or where the measurement fails: then spinning() is never true and the
+    settle bound decides."""
+    try:
+        return _measure_exit_interval()
+    except Exception:  # no VM to measure with: no spin detection, never a failed trace
+        return None
+
+
+def _measure_exit_interval() -> int | None:
+    from kvmtest.kvm import Kvm
+
+    with Kvm() as kvm, g.GuestVm(kvm, 1) as vm:
+        vm.start()
+        stats = vm.bsp.vcpu.stats()
+        if stats is None:
+            return None
+        vm.bsp.post(g.CMD_SPIN, 0xFFFFFFFF)
+        box: list = []
+        runner = threading.Thread(
+            target=lambda: (box.append(threading.get_native_id()), vm.bsp.run()), daemon=True
+        )
+        runner.start()
+        while not box:
+            time.sleep(0.001)
+        exits0, cpu0 = stats.read("exits"), on_cpu_ns(box[0])
+        deadline = time.monotonic() + CALIBRATION_SECONDS
+        cpu = cpu0
+        while cpu is not None and cpu0 is not None and cpu - cpu0 < CALIBRATION_CPU_NS:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.002)
+            cpu = on_cpu_ns(box[0])
+        exits = stats.read("exits") - exits0
+        vm.bsp.kick()
+        runner.join(5)
+    if cpu is None or cpu0 is None or cpu - cpu0 < CALIBRATION_CPU_NS or exits < 5:
+        return None
+    return (cpu - cpu0) // exits
 
 
 class VcpuWorker:
@@ -136,12 +186,16 @@ class VcpuWorker:
         self._spin_base = None
 
     def spinning(self) -> bool:
-        """Busy, and since the exit counter last moved the thread burned SPIN_CPU_NS of CPU:
+        """Busy, and since the exit counter last moved the thread burned the CPU time of
+        SPIN_EXITS exits of guest code (at least SPIN_MIN_NS):
         it never entered the guest, so it spins in KVM's own loop (a pending NMI in
         wait-for-SIPI, docs/semantics.md#rule-18), which only an INIT or SIPI from outside
         ends. False where the kernel has no statistics: then only the settle bound decides."""
         tid, stats = self.native_id, self.stepper.vcpu.stats()
         if tid is None or stats is None or not self.busy:
+            return False
+        interval = guest_exit_interval_ns()
+        if interval is None:
             return False
         exits, cpu = stats.read("exits"), on_cpu_ns(tid)
         if cpu is None:
@@ -150,7 +204,7 @@ class VcpuWorker:
         if base is None or base[0] != exits:
             self._spin_base = (exits, cpu)
             return False
-        return cpu - base[1] >= SPIN_CPU_NS
+        return cpu - base[1] >= max(SPIN_MIN_NS, SPIN_EXITS * interval)
 
     @property
     def busy(self) -> bool:

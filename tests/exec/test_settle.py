@@ -132,3 +132,12 @@ def test_a_branch_keeps_waiting_while_another_can_still_act(kvm, monkeypatch):
         assert got and kvm_exec.describe_report(got[0]) == "sipi 0x10"
     finally:
         side.close()
+
+
+def test_guest_code_exits_often_enough_here_to_tell_a_spin(kvm):
+    """The calibration behind spinning(): on this host guest code exits at least every few
+    milliseconds of CPU (a nested guest under TCG does not, and gets no spin detection)."""
+    from kvmtest.exec import workers
+
+    interval = workers.guest_exit_interval_ns()
+    assert interval is not None and 0 < interval * workers.SPIN_EXITS <= 10 * workers.SPIN_MIN_NS
