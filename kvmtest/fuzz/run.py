@@ -80,6 +80,7 @@ class Finding:
     shrunk: object = None
     tried: int = 0
     runs: list = field(default_factory=list)  # statuses of the confirmation runs
+    seen: str = ""  # the first difference as the search's own run saw it
     result: object = None
     files: tuple = ()
 
@@ -131,7 +132,8 @@ class _Task:
                 sig = f"known {key}"
         if not isinstance(status, Status):  # a broken invariant (reference backend)
             sig, status = status, Status.FAIL
-        return status.name, sig, coverage, kinds
+        seen = _first_difference(result) if sig is not None else None
+        return status.name, sig, coverage, kinds, seen
 
     def _coverage(self, trace, index):
         host = self.context
@@ -140,6 +142,19 @@ class _Task:
         base, transitions = predict(trace, self.profile, *facts)
         other, _ = predict(trace, replace(self.profile, **{name: value}), *facts)
         return name, base != other, transitions
+
+
+def _first_difference(result) -> str:
+    """The first mismatch (or the message) as this run saw it: a flaky divergence's re-runs
+    may all pass, and this line is then all there is to look at."""
+    if result.status is Status.FAIL and result.mismatches:
+        m = result.mismatches[0]
+        vcpu = "vm-wide" if m.vcpu is None else f"vcpu {m.vcpu}"
+        return (
+            f"step {m.step + 1} {vcpu} {m.field}: expected (model) {m.expected!r}, "
+            f"observed (KVM) {m.observed!r}"
+        )[:400]
+    return (result.message or result.status.name)[:400]
 
 
 def _model_invariants(trace, profile, host):
@@ -216,8 +231,8 @@ def fuzz(
             index, value = workers.get()
             done += 1
             if isinstance(value, pool.PoolError):
-                value = ("ERROR", f"crash {value}", None, ())
-            status, sig, cov, kinds = value
+                value = ("ERROR", f"crash {value}", None, (), str(value))
+            status, sig, cov, kinds, seen = value
             report.statuses[status] = report.statuses.get(status, 0) + 1
             for kind in kinds:
                 report.kinds[kind] = report.kinds.get(kind, 0) + 1
@@ -225,7 +240,7 @@ def fuzz(
                 key = sig.split(" ", 1)[1]
                 report.known[key] = report.known.get(key, 0) + 1
             elif sig is not None:
-                divergent.append((index, sig))
+                divergent.append((index, sig, seen))
             if cov is not None:
                 name, changed, transitions = cov
                 report.switches_sampled.add(name)
@@ -240,7 +255,7 @@ def fuzz(
     report.traces = done
     report.elapsed = time.perf_counter() - start
     shrunk_signatures: set = set()
-    for index, sig in divergent:
+    for index, sig, seen in divergent:
         if sig in shrunk_signatures or len(report.findings) >= max_shrunk:
             report.repeated[sig] = report.repeated.get(sig, 0) + 1
             if sig not in report.first_seen and sig not in shrunk_signatures:
@@ -252,7 +267,8 @@ def fuzz(
             report.unrelated += 1
             continue
         shrunk_signatures.add(sig)
-        report.findings.append(_investigate(seed, index, sig, profile, context, outdir, relevant))
+        finding = _investigate(seed, index, sig, profile, context, outdir, relevant, seen)
+        report.findings.append(finding)
     return report
 
 
@@ -268,10 +284,10 @@ def _keep_unshrunk(seed, index, profile, outdir) -> tuple:
     return trace_seed(seed, index), path
 
 
-def _investigate(seed, index, sig, profile, context, outdir, relevant=None) -> Finding:
+def _investigate(seed, index, sig, profile, context, outdir, relevant=None, seen="") -> Finding:
     trace = random_trace(trace_seed(seed, index), profile=profile)
     if sig.startswith("crash"):  # re-running it here could take the fuzzer down with it
-        finding = Finding(trace_seed(seed, index), sig, "crashed", trace)
+        finding = Finding(trace_seed(seed, index), sig, "crashed", trace, seen=seen or "")
         if outdir:
             os.makedirs(outdir, exist_ok=True)
             path = os.path.join(outdir, f"{trace.name}-crashed.yaml")
@@ -280,7 +296,9 @@ def _investigate(seed, index, sig, profile, context, outdir, relevant=None) -> F
             finding.files = (path,)
         return finding
     reproducible, runs, last = confirm(trace, profile, context, sig)
-    finding = Finding(trace_seed(seed, index), sig, "flaky", trace, runs=runs, result=last)
+    finding = Finding(
+        trace_seed(seed, index), sig, "flaky", trace, runs=runs, result=last, seen=seen or ""
+    )
     if reproducible:
         finding.verdict = "reproducible"
 
@@ -319,6 +337,8 @@ def write_finding(finding: Finding, profile, context, outdir) -> tuple:
     )
     with open(stem + ".txt", "w") as out:
         out.write(f"{finding.verdict}: {finding.signature}; confirmation runs: {finding.runs}\n")
+        if finding.seen:
+            out.write(f"the search's own run saw: {finding.seen}\n")
         out.write(reports.render_text(summary, verbose=True) + "\n")
     return (stem + ".yaml", stem + ".txt")
 
@@ -350,6 +370,8 @@ def render(report: FuzzReport) -> str:
             + (f"; runs {finding.runs}" if finding.verdict == "flaky" else "")
             + (f"; written to {finding.files[0]}" if finding.files else "")
         )
+        if finding.verdict == "flaky" and finding.seen:
+            lines.append(f"  the search's own run saw: {finding.seen}")
         if not finding.files:
             lines.append("  " + dump_trace(what).replace("\n", "\n  ").rstrip())
     for sig, n in sorted(report.repeated.items()):

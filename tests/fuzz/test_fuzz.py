@@ -125,3 +125,21 @@ def test_the_self_init_exit_race_is_counted_only_for_a_self_init():
     trace = f.Trace(name="t", setup=setup, steps=(start, f.Icr(0, 0x4500)))
     seen = SimpleNamespace(mismatches=[_mismatch(1, "report", "icr", "reset")])
     assert known.classify(trace, seen, "vmx") is None
+
+
+def test_a_flaky_divergence_keeps_what_the_search_saw():
+    """The confirmation re-runs of a flaky divergence may all pass; the report and the .txt
+    still say what the search's own run saw (its first mismatch)."""
+    from kvmtest import ops as f
+    from kvmtest.fuzz import run as fuzz_run
+    from kvmtest.trace.result import Status, TraceResult
+
+    setup = f.Setup(vcpus=1, apic="xapic", irqchip="kernel", guest="none", sync_apic_map=True)
+    trace = f.Trace(name="t", setup=setup, steps=(f.Observe((0,), ("mp_state",)),))
+    result = TraceResult.of(trace, "mainline", "kvm", 0, status=Status.FAIL)
+    result.mismatches.append(_mismatch(0, "report", "icr", "reset"))
+    seen = fuzz_run._first_difference(result)
+    assert seen == "step 1 vcpu 0 report: expected (model) 'icr', observed (KVM) 'reset'"
+    finding = fuzz_run.Finding(7, "mismatch report", "flaky", trace, runs=["pass"], seen=seen)
+    report = fuzz_run.FuzzReport(1, "mainline", "kvm", findings=[finding])
+    assert f"the search's own run saw: {seen}" in fuzz_run.render(report)
