@@ -61,7 +61,7 @@ TITLES = {
     "d7.12": "the newest vCPU is absent from the APIC map; a unicast MSI to it returns 0",
     "d7.13": "SVM and VMX report different CS, SS and TR types",
     "d7.14": "smi.latched_init reads 1 for any pending INIT; SET_VCPU_EVENTS injects/cancels",
-    "d7.15": "kvm_pvm: an INIT or SIPI a vCPU sends itself waits until its thread leaves KVM_RUN",
+    "d7.15": "kvm_pvm: an INIT, SIPI or NMI a vCPU sends itself waits until its thread leaves KVM_RUN",  # noqa: E501
     "d8.1": "AP starts UNINITIALIZED",
     "d8.2": "after INIT, INIT_RECEIVED at 0xf000:0xfff0, base 0xffff0000",
     "d8.3": "after SIPI 0x10, RUNNABLE at 0x1000:0",

@@ -770,10 +770,10 @@ class Machine:
                 return "#GP"  # rule 40
         elif s.x2apic_mode:
             return 0  # xAPIC MMIO is not decoded in x2APIC mode (UNVERIFIED: no IPI)
-        before = (s.pending_init, s.pending_sipi, s.sipi_vector)
+        before = (s.pending_init, s.pending_sipi, s.sipi_vector, s.nmi_pending)
         count = self._deliver(enc.decode_icr(icr, x2apic), s)
         if self.defers_self_ipi and s.phase == Phase.GUEST:
-            if (s.pending_init, s.pending_sipi, s.sipi_vector) != before:
+            if (s.pending_init, s.pending_sipi, s.sipi_vector, s.nmi_pending) != before:
                 s.self_ipi_deferred = True  # d.7.15: the guest runs on to its exit to userspace
         return count
 

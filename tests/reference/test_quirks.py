@@ -264,3 +264,24 @@ def test_d7_15_a_self_sent_sipi_waits_too_and_lands_after_set_mp_state(flavour):
     m.set_mp_state(0, MpState.INIT_RECEIVED)
     landed = m.get_mp_state(0) == MpState.RUNNABLE
     assert landed == (flavour == "pvm")
+
+
+@pytest.mark.parametrize("flavour", ["vmx", "pvm"])
+def test_d7_15_a_self_sent_nmi_waits_too_and_makes_uninitialized_spin(flavour):
+    """d.7.15 for an NMI: VMX injects the BSP's own NMI before the guest runs on; kvm_pvm keeps
+    it pending past the exit, so after SET_MP_STATE(UNINITIALIZED) the next KVM_RUN spins on it
+    (rule 18; seed 13, trace 5068; kvm_amd blocks, as the vmx model does)."""
+    from reference import Machine, MpState
+
+    m = Machine(2, "mainline", flavour)
+    for i in range(2):
+        m.set_lapic(i)
+    m.enter_run(0)
+    m.guest_runs(0)
+    assert m.icr_write(0, 0x44400, False) == 1  # NMI to itself (shorthand self)
+    if (0, "guest_event") in m.pending_steps():
+        m.step(0, "guest_event")  # VMX: injected before the guest runs on
+    m.kick_out(0)
+    m.set_mp_state(0, MpState.UNINITIALIZED)
+    m.enter_run(0)
+    assert m.spins(0) == (flavour == "pvm")
