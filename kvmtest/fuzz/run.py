@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import reference
 from kvmtest import pool
+from kvmtest.exec.kvm import REPORT_TIMEOUT
 from kvmtest.suite import run_one
 from kvmtest.trace.dump import dump_trace
 from kvmtest.trace.engine import run_trace
@@ -30,9 +31,18 @@ from .predict import predict
 from .shrink import shrink, size
 
 # Seconds a trace may take: a hung trace is an ERROR, not the end of the search. A step whose
-# vCPU thread runs guest code that never reports costs the settle bound (2 s), and random
-# traces have up to about 20 steps: 20 s timed out honest traces (seed 7, trace 1139).
+# vCPU thread runs guest code that never reports costs the settle bound (2 s), a block's step
+# as much, so a trace gets that per step, twice over for a loaded host, and at least a minute:
+# a flat 60 s timed out an honest 22-step trace under load (seed 13, trace 12219; 34.6 s
+# alone), a flat 20 s one of about 20 steps before (seed 7, trace 1139).
 TRACE_TIMEOUT = 60.0
+STEP_TIMEOUT = 2 * REPORT_TIMEOUT
+
+
+def trace_timeout(trace) -> float:
+    return max(TRACE_TIMEOUT, STEP_TIMEOUT * (size(trace) + 2))
+
+
 CONFIRM = 3  # runs a divergence must fail, every time, to count as reproducible
 COVERAGE_EVERY = 4
 SHRINK_BUDGET = 120  # candidates tried per divergence (each run CONFIRM times)
@@ -116,7 +126,7 @@ class _Task:
 
     def __call__(self, index: int):
         trace = random_trace(trace_seed(self.seed, index), profile=self.profile)
-        result = run_one(trace, self.profile, self.context, timeout=TRACE_TIMEOUT)
+        result = run_one(trace, self.profile, self.context, timeout=trace_timeout(trace))
         status = result.status
         if self.context.backend == "reference":  # nothing pinned: the model against itself
             broken = _model_invariants(trace, self.profile, self.context)
@@ -179,7 +189,7 @@ def confirm(trace, profile, context, sig, runs=CONFIRM):
     """(every run failed with `sig`, statuses, the last result)."""
     statuses, last = [], None
     for _ in range(runs):
-        last = run_one(trace, profile, context, timeout=TRACE_TIMEOUT)
+        last = run_one(trace, profile, context, timeout=trace_timeout(trace))
         ok = last.status in (Status.FAIL, Status.ERROR) and signature(last, trace) == sig
         if context.backend == "reference":
             ok = (last.status is Status.ERROR and signature(last) == sig) or (

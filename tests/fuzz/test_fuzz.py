@@ -143,3 +143,14 @@ def test_a_flaky_divergence_keeps_what_the_search_saw():
     finding = fuzz_run.Finding(7, "mismatch report", "flaky", trace, runs=["pass"], seen=seen)
     report = fuzz_run.FuzzReport(1, "mainline", "kvm", findings=[finding])
     assert f"the search's own run saw: {seen}" in fuzz_run.render(report)
+
+
+def test_a_trace_gets_its_settle_bounds_twice_over_and_at_least_a_minute():
+    from kvmtest import ops as f
+    from kvmtest.fuzz import run as fuzz_run
+
+    setup = f.Setup(vcpus=1, apic="xapic", irqchip="kernel", guest="none", sync_apic_map=True)
+    short = f.Trace(name="s", setup=setup, steps=(f.Observe((0,), ("mp_state",)),))
+    assert fuzz_run.trace_timeout(short) == fuzz_run.TRACE_TIMEOUT
+    long = f.Trace(name="l", setup=setup, steps=short.steps * 22)
+    assert fuzz_run.trace_timeout(long) == 24 * 2 * 2.0  # 22 steps + 2, each 2 x the bound
