@@ -389,7 +389,7 @@ class KvmSide:
         sleeps or spins in KVM_RUN, quiet for QUIET, so that nothing is left to wake one."""
         worker = self.workers[vcpu]
         deadline = time.monotonic() + REPORT_TIMEOUT
-        quiet_since = None
+        quiet = _Quiet(QUIET)
         with branches.waiting():
             while True:
                 try:
@@ -399,16 +399,12 @@ class KvmSide:
                 now = time.monotonic()
                 if now > deadline:
                     return None
-                if not branches.none_active():
-                    quiet_since = None
-                    continue
-                busy, asleep, spinning = self._thread_states()
-                if busy != asleep | spinning:
-                    quiet_since = None
-                elif quiet_since is None:
-                    quiet_since = now
-                elif now - quiet_since >= QUIET:
-                    return None
+                if branches.none_active():
+                    busy, asleep, spinning = self._thread_states()
+                    if quiet.held(busy == asleep | spinning, now):
+                        return None
+                else:
+                    quiet.held(False, now)
 
     def smp_boot(self, step: f.SmpBoot) -> dict:
         result = self.guest_vm.smp_boot(broadcast=step.broadcast, vector=step.vector)
@@ -426,16 +422,12 @@ class KvmSide:
             if not any(worker.busy for worker in self.workers.values()):
                 return out
         deadline = time.monotonic() + timeout
-        quiet_since = None
+        still = _Quiet(quiet)
         while True:
             got = self._drain_reports(out)
             busy, asleep, spinning = self._thread_states()
             now = time.monotonic()
-            if got or asleep | spinning != busy:
-                quiet_since = None
-            elif quiet_since is None:
-                quiet_since = now
-            elif now - quiet_since >= quiet:
+            if still.held(not got and asleep | spinning == busy, now):
                 break
             if now > deadline or (self.cancel is not None and self.cancel.is_set()):
                 break
@@ -510,6 +502,23 @@ class KvmSide:
                 self.guest_vm.close()
             else:
                 self.vm.close()
+
+
+class _Quiet:
+    """Whether a condition has held, look after look, for `period` seconds."""
+
+    def __init__(self, period: float):
+        self.period = period
+        self.since = None
+
+    def held(self, now_true: bool, now: float) -> bool:
+        if not now_true:
+            self.since = None
+        elif self.since is None:
+            self.since = now
+        else:
+            return now - self.since >= self.period
+        return False
 
 
 class _Branches:

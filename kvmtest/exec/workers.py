@@ -57,17 +57,15 @@ def _measure_exit_interval() -> int | None:
             time.sleep(0.001)
         exits0, cpu0 = stats.read("exits"), on_cpu_ns(box[0])
         deadline = time.monotonic() + CALIBRATION_SECONDS
-        cpu = cpu0
-        while cpu is not None and cpu0 is not None and cpu - cpu0 < CALIBRATION_CPU_NS:
-            if time.monotonic() > deadline:
-                break
+        cpu = cpu0  # None throughout where schedstat is missing
+        while cpu is not None and cpu - cpu0 < CALIBRATION_CPU_NS and time.monotonic() < deadline:
             time.sleep(0.002)
             cpu = on_cpu_ns(box[0])
         exits = stats.read("exits") - exits0
         vm.bsp.kick()
         runner.join(5)
-    if cpu is None or cpu0 is None or cpu - cpu0 < CALIBRATION_CPU_NS or exits < 5:
-        return None
+    if cpu is None or cpu - cpu0 < CALIBRATION_CPU_NS or exits < 5:
+        return None  # no schedstat, too little CPU seen, or too few exits in it
     return (cpu - cpu0) // exits
 
 

@@ -30,7 +30,7 @@ def _icr_targets_itself(step, x2apic: bool) -> bool:
     irq = enc.decode_icr(step.value, x2apic)
     if irq.delivery_mode != enc.DM_INIT or irq.trig_level and not irq.level:
         return False
-    if irq.shorthand in (1, 2):
+    if irq.shorthand in (enc.SH_SELF, enc.SH_ALL):
         return True
     if irq.shorthand or irq.logical:
         return False

@@ -796,5 +796,5 @@ def _reaction_label(vcpu: int, name: str) -> str:
         "wake": f"vcpu{vcpu} (in KVM) wakes from kvm_vcpu_block",
         "wake_uninit": f"vcpu{vcpu} (in KVM) wakes in the UNINITIALIZED branch",
         "exit_event": f"vcpu{vcpu} exits (a host interrupt) before its report; KVM processes "
-        "the INIT/SIPI it sent itself",
+        "the INIT, SIPI or NMI it sent itself",
     }.get(name, f"vcpu{vcpu} (in KVM) {name}")
