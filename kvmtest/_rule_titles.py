@@ -62,6 +62,7 @@ TITLES = {
     "d7.13": "SVM and VMX report different CS, SS and TR types",
     "d7.14": "smi.latched_init reads 1 for any pending INIT; SET_VCPU_EVENTS injects/cancels",
     "d7.15": "kvm_pvm: an INIT, SIPI or NMI a vCPU sends itself waits until its thread leaves KVM_RUN",  # noqa: E501
+    "d7.16": "kvm_pvm: a second queued NMI waits for the next VM exit",
     "d8.1": "AP starts UNINITIALIZED",
     "d8.2": "after INIT, INIT_RECEIVED at 0xf000:0xfff0, base 0xffff0000",
     "d8.3": "after SIPI 0x10, RUNNABLE at 0x1000:0",
@@ -130,6 +131,7 @@ LINKS = {
     "d7.13": "semantics.md#d7-13",
     "d7.14": "semantics.md#d7-14",
     "d7.15": "semantics.md#d7-15",
+    "d7.16": "semantics.md#d7-16",
     "d8.1": "host-findings.md#d8-1",
     "d8.2": "host-findings.md#d8-2",
     "d8.3": "host-findings.md#d8-3",

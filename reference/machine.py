@@ -297,7 +297,7 @@ class VCpu:
         "pv_unhalted",
         "nested_block",
         "req_event",
-        "self_ipi_deferred",
+        "waits_for_exit",
     )
 
     def copy(self) -> VCpu:
@@ -428,8 +428,9 @@ class Machine:
             raise ModelError("a VM needs at least one vCPU")
         # architecture.py: under a manual's profile the segment types are the manual's (VMX's).
         self.flavour = "vmx" if arch_value(self.profile, "manual_segment_types") else flavour
-        # d.7.15, a fact of the vendor module, whatever the profile (a manual's profile too).
+        # d.7.15 and d.7.16, facts of the vendor module, whatever the profile (a manual's too).
         self.defers_self_ipi = flavour == "pvm"
+        self.has_nmi_window = flavour != "pvm"
         self.irqchip = irqchip
         self.lapic = irqchip != "none"  # split keeps the LAPIC in the kernel
         self.bsp_id = bsp
@@ -458,10 +459,12 @@ class Machine:
         v.spiv = 0xFF
         v.pending_init = v.pending_sipi = False
         v.sipi_vector = 0  # rule 14: zero only because the LAPIC is zero-allocated
-        v.smm = v.smi_pending = v.nmi_pending = v.req_event = False
+        v.smm = v.smi_pending = v.req_event = False
+        v.nmi_pending = 0  # NMIs KVM holds: at most two (process_nmi), see _inject_nmi
         v.nmi_request = False  # KVM_REQ_NMI: set with every queued NMI, see _inject_nmi
         v.pv_unhalted = v.nested_block = False
-        v.self_ipi_deferred = False  # d.7.15: kvm_pvm, until the thread leaves KVM_RUN
+        # kvm_pvm: an event pending in KVM waits for this vCPU's next VM exit (d.7.15, d.7.16)
+        v.waits_for_exit = False
         v.phase = Phase.OUT
         v.last_exit = None
         v.regs = R.reset_image(
@@ -563,7 +566,7 @@ class Machine:
             cpuid_1_eax=self.cpuid_1_eax,
             common=self.profile.common_reset_image,
         )
-        v.nmi_pending = False  # c.1: pending NMI and SMI cleared
+        v.nmi_pending = 0  # c.1: pending NMI and SMI cleared
         v.smi_pending = False
         self._lapic_reset(v)
         new = ACCEPT_INIT["BSP" if self.is_bsp(v.index) else "AP"]  # rules 10, 11
@@ -774,7 +777,7 @@ class Machine:
         count = self._deliver(enc.decode_icr(icr, x2apic), s)
         if self.defers_self_ipi and s.phase == Phase.GUEST:
             if (s.pending_init, s.pending_sipi, s.sipi_vector, s.nmi_pending) != before:
-                s.self_ipi_deferred = True  # d.7.15: the guest runs on to its exit to userspace
+                s.waits_for_exit = True  # d.7.15: the guest runs on to its exit to userspace
         return count
 
     def signal_msi(self, address_lo: int, address_hi: int, data: int) -> int:
@@ -981,7 +984,7 @@ class Machine:
         flags = VALID_NMI_PENDING | VALID_SHADOW | (VALID_SMM if smm_api else 0)
         return {
             "flags": flags,
-            "nmi_pending": int(v.nmi_pending),
+            "nmi_pending": int(v.nmi_pending > 0),  # the ABI has a flag, not a count
             "sipi_vector": 0,  # rule 30
             "smi": {
                 "smm": int(v.smm and smm_api),
@@ -1011,7 +1014,7 @@ class Machine:
             if p.vcpu_events_rejects_smm_in_ir and (smm_v or pend_v) and v.mp_state == IR:
                 return EINVAL  # d.5 (to 6.16)
         if flags & VALID_NMI_PENDING:
-            v.nmi_pending = bool(nmi_pending)
+            v.nmi_pending = int(bool(nmi_pending))
         if flags & VALID_SIPI_VECTOR and self.lapic:
             v.sipi_vector = (sipi_vector or 0) & 0xFF  # rule 30
         if flags & VALID_SMM:
@@ -1064,10 +1067,10 @@ class Machine:
 
     @staticmethod
     def _inject_nmi(v: VCpu) -> None:
-        """kvm_inject_nmi: nmi_queued++ and KVM_REQ_NMI. An INIT reset clears the queued NMI
-        but not the request, which only guest entry (vcpu_enter_guest) takes: until then
-        kvm_vcpu_has_events still sees it (rule 18)."""
-        v.nmi_pending = True
+        """kvm_inject_nmi: nmi_queued++ and KVM_REQ_NMI; process_nmi keeps at most two pending
+        (d.7.16). An INIT reset clears the queued NMIs but not the request, which only guest
+        entry (vcpu_enter_guest) takes: until then kvm_vcpu_has_events still sees it (rule 18)."""
+        v.nmi_pending = min(v.nmi_pending + 1, 2)
         v.nmi_request = True
         v.req_event = True
 
@@ -1102,7 +1105,7 @@ class Machine:
 
     def _leave(self, v: VCpu, result: RunResult) -> RunResult:
         v.phase = Phase.OUT
-        v.self_ipi_deferred = False
+        v.waits_for_exit = False
         v.last_exit = result
         return result
 
@@ -1140,7 +1143,7 @@ class Machine:
             v.regs = R.v1_sipi_image(
                 self.flavour, v.regs, bsp=is_bsp, vector=v.sipi_vector, cpuid_1_eax=self.cpuid_1_eax
             )
-            v.nmi_pending = False
+            v.nmi_pending = 0
             self._lapic_reset(v)
             v.mp_state = RUN
             action = "run"
@@ -1171,6 +1174,7 @@ class Machine:
             raise ModelError(f"vCPU {vcpu} cannot execute HLT: not running guest code ({v!r})")
         R.guest_ran(v.regs)  # the guest ran up to the HLT
         v.phase = Phase.HALT_EXIT
+        v.waits_for_exit = False  # d.7.16: a VM exit; re-entry processes what waited
 
     def _emulate_halt(self, vcpu: int) -> None:
         """Atomic step: kvm_emulate_halt writes mp_state (rule 22); V1/V2 unconditionally."""
@@ -1229,8 +1233,8 @@ class Machine:
         for v in self.vcpus:
             ph = v.phase
             if ph == Phase.GUEST:
-                if v.self_ipi_deferred:
-                    out.append((v.index, "exit_event"))  # d.7.15: only if the guest exits
+                if v.waits_for_exit:
+                    out.append((v.index, "exit_event"))  # d.7.15/16: only if the guest exits
                 elif self._guest_event_enabled(v):
                     out.append((v.index, "guest_event"))
             elif ph == Phase.BLOCKED:
@@ -1283,14 +1287,18 @@ class Machine:
             v.smm = True  # enter_smm; the SMI handler then runs guest code
             R.guest_ran(v.regs)
         if v.nmi_pending:
-            v.nmi_pending = False  # injected; the guest's handler runs
-            R.guest_ran(v.regs)
+            R.guest_ran(v.regs)  # one NMI injected; the guest's handler runs
+            if v.nmi_pending == 2 and not self.has_nmi_window:
+                v.nmi_pending = 1  # d.7.16: the second waits for the next VM exit
+                v.waits_for_exit = True
+            else:
+                v.nmi_pending = 0  # a second one comes in the NMI window, after the IRET
 
     def _exit_event(self, vcpu: int) -> None:
-        """Reaction (d.7.15, kvm_pvm): a vCPU with a deferred self-IPI exits before it reaches
-        its exit to userspace (a host interrupt, say), and re-entry processes the event. Rare:
-        the guest runs a few instructions meanwhile (1 trace in 300 under load)."""
-        self.vcpus[vcpu].self_ipi_deferred = False
+        """Reaction (d.7.15, d.7.16, kvm_pvm): a vCPU with an event waiting for its next VM exit
+        exits early (a host interrupt, say), and re-entry processes the event. Rare: the guest
+        runs only a few instructions meanwhile (1 trace in 300 under load)."""
+        self.vcpus[vcpu].waits_for_exit = False
         self._guest_event(vcpu)
 
     def _wake(self, vcpu: int) -> None:
@@ -1316,9 +1324,13 @@ class Machine:
             self._accept_events(v)
         self._leave(v, RunResult.EAGAIN)  # d.7.6: even when the vCPU just became R
 
+    def _settling_steps(self) -> list[tuple[int, str]]:
+        """pending_steps without the rare exit (d.7.15, d.7.16): settling never waits for it."""
+        return [s for s in self.pending_steps() if s[1] != "exit_event"]
+
     def _settle_vcpu(self, v: VCpu) -> None:
         for _ in range(64):
-            steps = [s for s in self.pending_steps() if s[0] == v.index]
+            steps = [s for s in self._settling_steps() if s[0] == v.index]
             if not steps:
                 return
             getattr(self, "_" + steps[0][1])(v.index)
@@ -1327,7 +1339,7 @@ class Machine:
     def settle(self) -> None:
         """Run every enabled reaction to quiescence (sequential replay)."""
         for _ in range(64 * len(self.vcpus) + 64):
-            steps = self.pending_steps()
+            steps = self._settling_steps()
             if not steps:
                 return
             vcpu, name = steps[0]

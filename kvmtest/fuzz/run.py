@@ -137,7 +137,7 @@ class _Task:
         kinds = tuple(sorted({s.kind for s in trace.steps}))
         sig = signature(result, trace) if status in (Status.FAIL, Status.ERROR) else None
         if status is Status.FAIL and self.context.backend == "kvm":
-            key = known.classify(trace, result, self.context.flavour)
+            key = known.classify(trace, result, self.profile, self.context)
             if key is not None:
                 sig = f"known {key}"
         if not isinstance(status, Status):  # a broken invariant (reference backend)
@@ -317,7 +317,7 @@ def _investigate(seed, index, sig, profile, context, outdir, relevant=None, seen
                 return False
             ok, _, last = confirm(candidate, profile, context, sig)
             # never shrink a new divergence into a judged one
-            return ok and known.classify(candidate, last, context.flavour) is None
+            return ok and known.classify(candidate, last, profile, context) is None
 
         finding.shrunk, finding.tried = shrink(
             trace, fails, budget=SHRINK_BUDGET, seconds=SHRINK_SECONDS

@@ -243,6 +243,11 @@ class System:
         # instruction; the stepper's NMI handler returns at once (guests/src/ivt.inc), so it
         # still reports that landing although the model no longer knows its registers.
         self.nmi_landing: frozenset = frozenset()
+        # vCPUs whose stepper strayed (it took an NMI at the reset vector, whose CS base the
+        # handler's IRET cannot restore, and hit the tripwire at 0xffff0): it reported the
+        # exception and parks in HLT with IF=0 once it runs again, until an INIT or SIPI moves
+        # it (guests/src/stepper.s, exception_handler). Its commands never run.
+        self.parked: frozenset = frozenset()
         self.reports: list = []  # (vcpu, what) in order, acknowledgements included
         self.saved: list | None = None  # the last snapshot: per vCPU, what the GETs returned
         if setup.guest != "none":
@@ -299,6 +304,7 @@ class System:
             self.waiting,
             self.landed,
             self.nmi_landing,
+            self.parked,
         )
 
     def load(self, op, thread: str | None = None) -> None:
@@ -394,6 +400,10 @@ class System:
         moves = [mv for mv in moves if not (mv.op == "guest_runs" and mv.args[0] in entering)]
         for vcpu, name in reactions:
             moves.append(Move(f"kvm:vcpu{vcpu}", name, (vcpu,), _reaction_label(vcpu, name)))
+        for vcpu in sorted(self.parked - entering):
+            v = m.vcpus[vcpu]
+            if v.phase == Phase.GUEST and v.mp_state == 0 and v.regs["rip"] is GUEST:
+                moves.append(Move(f"vcpu{vcpu}", "park", (vcpu,), f"vcpu{vcpu} parked: HLT, IF=0"))
         mid_command = self._mid_command()
         for vcpu in sorted(mid_command - self.waiting - entering):
             landed = m.vcpus[vcpu].regs["rip"] is not GUEST or self._nmi_landed(vcpu) is not None
@@ -427,8 +437,8 @@ class System:
             return phase == Phase.HALT_EXIT
         # Guest instructions. After an INIT reset or a SIPI the guest runs the reset ROM or a
         # landing page, not the rest of its command: that is a report, not these moves.
-        if self._nmi_landed(v) is not None:
-            return False  # it runs its landing (past an NMI), not its command
+        if self._nmi_landed(v) is not None or v in self.parked:
+            return False  # it runs its landing (past an NMI) or parks, not its command
         return phase == Phase.GUEST and vcpus[v].mp_state == 0 and vcpus[v].regs["rip"] is GUEST
 
     # ------------------------------------------------------------------ performing a move
@@ -442,13 +452,18 @@ class System:
             landing = restart_report(m, vcpu)
             nmi = m.vcpus[vcpu].nmi_pending
             m.step(vcpu, op)
-            if nmi and not m.vcpus[vcpu].nmi_pending and landing not in (None, GUEST):
+            if m.vcpus[vcpu].nmi_pending < nmi and landing not in (None, GUEST):
                 if restart_report(m, vcpu) is None:  # the NMI was taken at the landing
                     # A landing page's CS base is selector * 16, which the handler's IRET
                     # reloads as it was; the reset vector's 0xffff0000 is not: after the IRET
                     # the vCPU runs at 0xffff0 instead, which nobody can predict (seed 8).
                     how = landing if landing.startswith("sipi") else GUEST
+                    if landing == "reset":
+                        how = "stray"  # the tripwire at 0xffff0 (seed 9, trace 827)
                     self.nmi_landing |= {(vcpu, how)}
+            return {}
+        if op == "park":
+            m.guest_hlt(args[0])
             return {}
         if op == "reenter":
             m.enter_run(args[0])
@@ -498,8 +513,13 @@ class System:
         program_, pc = self.programs.get(thread, ()), self.pcs.get(thread, 0)
         command = program_[pc].command if pc < len(program_) else ""
         how = restart_report(m, vcpu)
-        if how is None:
+        if how is not None:
+            self.parked -= {vcpu}  # an INIT or SIPI moved it: the stepper runs again
+        else:
             how = self._nmi_landed(vcpu)
+        if how == "stray":
+            how = GUEST  # the exception report (vector 3 at 0xffff0); then it parks
+            self.parked |= {vcpu}
         self.nmi_landing = frozenset(x for x in self.nmi_landing if x[0] != vcpu)
         if how is None:
             how = {"hlt": "hlt", "start": "ready"}.get(command, "woke")

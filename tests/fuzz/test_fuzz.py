@@ -71,9 +71,15 @@ def _mismatch(step, field, expected, observed, vcpu=0):
     return Mismatch(step, "<code>", vcpu, field, expected, observed)
 
 
+def _host(flavour):
+    from kvmtest.trace.engine import HostContext
+
+    return HostContext("kvm", flavour=flavour)
+
+
 def test_a_judged_divergence_is_counted_on_its_host_kind_only(monkeypatch):
-    """kvmtest.fuzz.known: a first mismatch its entry matches, on the host kind it was judged
-    on, is counted under its key; anything else is a divergence like any other."""
+    """kvmtest.fuzz.known: a first mismatching step its entry matches, on the host kind it was
+    judged on, is counted under its key; anything else is a divergence like any other."""
     from types import SimpleNamespace
 
     from kvmtest.fuzz import known
@@ -82,49 +88,69 @@ def test_a_judged_divergence_is_counted_on_its_host_kind_only(monkeypatch):
         "example",
         ("pvm",),
         "judged by hand",
-        lambda trace, m: m.field == "report" and m.observed == "icr",
+        lambda trace, ms, profile, host: all(m.field == "report" for m in ms),
     )
     monkeypatch.setattr(known, "KNOWN", (entry,))
     seen = SimpleNamespace(mismatches=[_mismatch(1, "report", "reset", "icr")])
-    assert known.classify(None, seen, "pvm") == "example"
+    assert known.classify(None, seen, "mainline", _host("pvm")) == "example"
     assert known.judgement("example") == "judged by hand"
-    assert known.classify(None, seen, "vmx") is None  # judged on kvm_pvm only
+    assert known.classify(None, seen, "mainline", _host("vmx")) is None  # kvm_pvm only
     other = SimpleNamespace(mismatches=[_mismatch(1, "mp_state", "reset", "icr")])
-    assert known.classify(None, other, "pvm") is None
-    assert known.classify(None, SimpleNamespace(mismatches=[]), "pvm") is None
-    later = SimpleNamespace(mismatches=[seen.mismatches[0], other.mismatches[0]])
-    assert known.classify(None, later, "pvm") == "example"  # the first mismatch decides
+    assert known.classify(None, other, "mainline", _host("pvm")) is None
+    assert known.classify(None, SimpleNamespace(mismatches=[]), "mainline", _host("pvm")) is None
+    both = SimpleNamespace(mismatches=[seen.mismatches[0], other.mismatches[0]])
+    assert known.classify(None, both, "mainline", _host("pvm")) is None  # the whole step
+    later = SimpleNamespace(mismatches=[seen.mismatches[0], _mismatch(2, "mp_state", 1, 2)])
+    assert known.classify(None, later, "mainline", _host("pvm")) == "example"  # first step
 
 
-def test_the_self_init_exit_race_is_counted_only_for_a_self_init():
-    """known.py's one entry: the model's usual kvm_pvm order said ``icr``, KVM took the rare
-    one (d.7.15). Only for an ICR INIT its sender accepts, and only on kvm_pvm."""
+def _classify_race(steps, mismatches, flavour="pvm", vcpus=2):
     from types import SimpleNamespace
 
     from kvmtest import ops as f
     from kvmtest.fuzz import known
 
-    setup = f.Setup(vcpus=2, apic="xapic", irqchip="kernel", guest="stepper", sync_apic_map=True)
+    setup = f.Setup(vcpus=vcpus, apic="xapic", irqchip="kernel", guest="stepper")
+    trace = f.Trace(name="t", setup=setup, steps=tuple(steps))
+    seen = SimpleNamespace(mismatches=[_mismatch(*m) for m in mismatches])
+    return known.classify(trace, seen, "mainline", _host(flavour))
+
+
+def test_the_exit_race_is_counted_when_kvm_showed_the_rare_order_of_a_self_init():
+    """d.7.15: the model's usual kvm_pvm order says ``icr``; KVM showing ``reset`` is the rare
+    order, which the model's rare-first replay predicts, only for an INIT its sender takes."""
+    from kvmtest import ops as f
+
     start = f.GuestCommand(0, "start")
 
-    def first(value, expected="icr", observed="reset", field="report"):
-        trace = f.Trace(name="t", setup=setup, steps=(start, f.Icr(0, value)))
-        seen = SimpleNamespace(mismatches=[_mismatch(1, field, expected, observed)])
-        return known.classify(trace, seen, "pvm")
+    def first(value, expected="icr", observed="reset", field="report", flavour="pvm"):
+        steps = (start, f.Icr(0, value))
+        return _classify_race(steps, [(1, field, expected, observed)], flavour)
 
-    key = "pvm-self-init-exit-race"
+    key = "pvm-exit-race"
     assert first(0x4500) == key  # physical destination 0: itself
     assert first(0x44500) == key  # shorthand self
     assert first(0xFF00000000004500) == key  # broadcast
     assert first(0x0100000000004500) is None  # APIC 1 only: the sender had no INIT
     assert first(0xC4500) is None  # all excluding self
     assert first(0x8500) is None  # level de-assert: ignored (rule 2)
-    assert first(0x4610) is None  # a SIPI
     assert first(0x4500, expected="reset", observed="icr") is None  # the other way round
     assert first(0x4500, field="mp_state") is None
-    trace = f.Trace(name="t", setup=setup, steps=(start, f.Icr(0, 0x4500)))
-    seen = SimpleNamespace(mismatches=[_mismatch(1, "report", "icr", "reset")])
-    assert known.classify(trace, seen, "vmx") is None
+    assert first(0x4500, flavour="vmx") is None
+
+
+def test_the_exit_race_is_counted_when_kvm_showed_the_rare_order_of_two_nmis():
+    """d.7.16: two NMIs queued, then HLT. The usual kvm_pvm order reports ``hlt``; a HLT that
+    blocked is the rare order, every mismatch of the step must say so."""
+    from kvmtest import ops as f
+
+    steps = (f.GuestCommand(0, "start"), f.Nmi(0), f.Nmi(0), f.GuestCommand(0, "hlt"))
+    report = (3, "report", "hlt", "none")
+    thread = (3, "thread", "absent", "blocked")
+    assert _classify_race(steps, [report, thread]) == "pvm-exit-race"
+    assert _classify_race(steps, [report, (3, "thread", "absent", "running")]) is None
+    one_nmi = (f.GuestCommand(0, "start"), f.Nmi(0), f.GuestCommand(0, "hlt"))
+    assert _classify_race(one_nmi, [(2, "report", "hlt", "none")]) is None  # nothing waits
 
 
 def test_a_flaky_divergence_keeps_what_the_search_saw():

@@ -285,3 +285,46 @@ def test_d7_15_a_self_sent_nmi_waits_too_and_makes_uninitialized_spin(flavour):
     m.set_mp_state(0, MpState.UNINITIALIZED)
     m.enter_run(0)
     assert m.spins(0) == (flavour == "pvm")
+
+
+@pytest.mark.parametrize("flavour", ["vmx", "svm", "pvm"])
+def test_d7_16_a_second_queued_nmi_waits_for_the_next_exit_only_on_kvm_pvm(flavour):
+    """d.7.16: two KVM_NMIs queued while the thread is out. VMX and SVM inject the second in
+    the NMI window right after the first handler's IRET, so a HLT then blocks; kvm_pvm has no
+    NMI window: the second waits for the next VM exit, which is the HLT, and the HLT does not
+    block (seed 13, trace 8827). GET_VCPU_EVENTS shows a flag, never the count."""
+    from reference import Machine, MpState, Phase
+
+    m = Machine(1, "mainline", flavour)
+    m.nmi(0)
+    m.nmi(0)
+    m.nmi(0)  # a third one is dropped: at most two pending
+    assert m.vcpus[0].nmi_pending == 2
+    assert m.get_vcpu_events(0)["nmi_pending"] == 1
+    m.enter_run(0)
+    assert m.vcpus[0].phase == Phase.GUEST
+    assert m.vcpus[0].nmi_pending == (1 if flavour == "pvm" else 0)
+    assert ((0, "exit_event") in m.pending_steps()) == (flavour == "pvm")  # the rare order
+    m.guest_hlt(0)
+    m.settle()
+    blocked = m.vcpus[0].phase == Phase.BLOCKED
+    assert blocked == (flavour != "pvm")
+    assert m.vcpus[0].mp_state == (MpState.HALTED if blocked else MpState.RUNNABLE)
+    assert m.vcpus[0].nmi_pending == 0
+
+
+def test_d7_16_a_snapshot_keeps_one_of_two_queued_nmis():
+    """SET_VCPU_EVENTS takes the flag GET_VCPU_EVENTS gave: two queued NMIs restore as one, so
+    on kvm_pvm the HLT after a restore blocks."""
+    from reference import Machine, Phase
+
+    m = Machine(1, "mainline", "pvm")
+    m.nmi(0)
+    m.nmi(0)
+    events = m.get_vcpu_events(0)
+    assert m.set_vcpu_events(0, flags=events["flags"], nmi_pending=events["nmi_pending"]) == 0
+    m.enter_run(0)
+    assert m.vcpus[0].nmi_pending == 0
+    m.guest_hlt(0)
+    m.settle()
+    assert m.vcpus[0].phase == Phase.BLOCKED
