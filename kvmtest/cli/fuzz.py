@@ -27,6 +27,13 @@ def add_parsers(commands, positive) -> None:
     fuzz.add_argument("-o", dest="outdir", metavar="DIR", help="write shrunk traces here")
     fuzz.add_argument("--jobs", "-j", type=positive, default=32, metavar="N", help="at once (32)")
     fuzz.add_argument("--no-coverage", action="store_true", help="skip the model coverage runs")
+    fuzz.add_argument(
+        "--shrink",
+        metavar="FILE",
+        help="no search: run this trace (a fuzzer's unshrunk file, or any trace), and if it "
+        "diverges confirm and shrink it as the search does; the list of every divergence a "
+        "search found is DIR/divergences.tsv",
+    )
 
     diff = commands.add_parser(
         "diff-profiles",
@@ -44,6 +51,8 @@ def add_parsers(commands, positive) -> None:
 def main(args) -> int:
     profile = resolve_profile(args)
     backend = runner.choose_backend(args.backend, args.backend == "kvm")
+    if args.shrink:
+        return _shrink(args.shrink, profile, backend, args.outdir)
     from kvmtest.fuzz.run import fuzz, render
 
     last = [0.0]
@@ -70,6 +79,24 @@ def main(args) -> int:
     )
     print(render(report))
     return EXIT_FAIL if report.findings or report.repeated else EXIT_PASS
+
+
+def _shrink(path, profile, backend, outdir) -> int:
+    from kvmtest.fuzz.run import FuzzReport, render, shrink_file
+    from kvmtest.trace import TraceError, load_trace
+
+    try:
+        trace = load_trace(path)
+    except (TraceError, OSError) as exc:
+        raise runner.UsageError(str(exc)) from None
+    print(f"kvmtest fuzz: {backend.banner}; profile {profile.label}", file=sys.stderr)
+    finding = shrink_file(trace, profile, backend.context, outdir)
+    if finding is None:
+        print(f"{trace.name}: passes here, nothing to shrink")
+        return EXIT_PASS
+    report = FuzzReport(0, profile.label, backend.context.backend, traces=1, findings=[finding])
+    print(render(report).split("\n", 4)[-1])
+    return EXIT_FAIL
 
 
 def diff_profiles(args) -> int:

@@ -264,12 +264,15 @@ def fuzz(
                 submitted += 1
     report.traces = done
     report.elapsed = time.perf_counter() - start
+    if outdir:
+        _write_divergences(seed, divergent, outdir)
     shrunk_signatures: set = set()
     for index, sig, seen in divergent:
         if sig in shrunk_signatures or len(report.findings) >= max_shrunk:
             report.repeated[sig] = report.repeated.get(sig, 0) + 1
+            kept = _keep_unshrunk(seed, index, profile, outdir)
             if sig not in report.first_seen and sig not in shrunk_signatures:
-                report.first_seen[sig] = _keep_unshrunk(seed, index, profile, outdir)
+                report.first_seen[sig] = kept
             continue
         if relevant is not None and not relevant(
             random_trace(trace_seed(seed, index), profile=profile)
@@ -280,6 +283,21 @@ def fuzz(
         finding = _investigate(seed, index, sig, profile, context, outdir, relevant, seen)
         report.findings.append(finding)
     return report
+
+
+DIVERGENCES = "divergences.tsv"
+
+
+def _write_divergences(seed, divergent, outdir) -> None:
+    """Every divergence of the search, one line each (trace seed, signature, what the run saw):
+    the report shrinks only the first of each signature, and this list is what is left to
+    judge (`kvmtest fuzz --shrink DIR/fuzz-S-unshrunk.yaml` shrinks any of them)."""
+    os.makedirs(outdir, exist_ok=True)
+    with open(os.path.join(outdir, DIVERGENCES), "w") as out:
+        out.write("trace_seed\tsignature\tfirst_difference\n")
+        for index, sig, seen in divergent:
+            clean = (seen or "").replace("\t", " ").replace("\n", " ")
+            out.write(f"{trace_seed(seed, index)}\t{sig}\t{clean}\n")
 
 
 def _keep_unshrunk(seed, index, profile, outdir) -> tuple:
@@ -294,10 +312,45 @@ def _keep_unshrunk(seed, index, profile, outdir) -> tuple:
     return trace_seed(seed, index), path
 
 
+def shrink_file(trace, profile, context, outdir=None) -> Finding | None:
+    """`kvmtest fuzz --shrink FILE`: a trace that diverges (a fuzzer's unshrunk file, or any
+    trace) confirmed and shrunk as the search does it; None if it passes."""
+    result = run_one(trace, profile, context, timeout=trace_timeout(trace))
+    if result.status not in (Status.FAIL, Status.ERROR):
+        return None
+    sig = signature(result, trace)
+    name = trace.name if trace.name.startswith("fuzz-") else f"fuzz-{trace.name}"
+    description = f"{trace.name} ({trace.path or 'a trace'}), shrunk; {sig}"
+    seen = _first_difference(result)
+    return _examine(None, trace, name, description, sig, profile, context, outdir, seen=seen)
+
+
 def _investigate(seed, index, sig, profile, context, outdir, relevant=None, seen="") -> Finding:
     trace = random_trace(trace_seed(seed, index), profile=profile)
+    description = f"kvmtest fuzz --seed {seed}: trace {index}, shrunk; {sig}"
+    name = f"fuzz-{seed}-{index}"
+    return _examine(
+        trace_seed(seed, index),
+        trace,
+        name,
+        description,
+        sig,
+        profile,
+        context,
+        outdir,
+        relevant,
+        seen,
+    )
+
+
+def _examine(
+    seed, trace, name, description, sig, profile, context, outdir, relevant=None, seen=""
+) -> Finding:
+    """Confirm a divergence (CONFIRM runs, same signature), shrink it if it reproduces, and
+    write what was found to `outdir`."""
+    seen = seen or ""
     if sig.startswith("crash"):  # re-running it here could take the fuzzer down with it
-        finding = Finding(trace_seed(seed, index), sig, "crashed", trace, seen=seen or "")
+        finding = Finding(seed, sig, "crashed", trace, seen=seen)
         if outdir:
             os.makedirs(outdir, exist_ok=True)
             path = os.path.join(outdir, f"{trace.name}-crashed.yaml")
@@ -306,9 +359,7 @@ def _investigate(seed, index, sig, profile, context, outdir, relevant=None, seen
             finding.files = (path,)
         return finding
     reproducible, runs, last = confirm(trace, profile, context, sig)
-    finding = Finding(
-        trace_seed(seed, index), sig, "flaky", trace, runs=runs, result=last, seen=seen or ""
-    )
+    finding = Finding(seed, sig, "flaky", trace, runs=runs, result=last, seen=seen)
     if reproducible:
         finding.verdict = "reproducible"
 
@@ -322,11 +373,7 @@ def _investigate(seed, index, sig, profile, context, outdir, relevant=None, seen
         finding.shrunk, finding.tried = shrink(
             trace, fails, budget=SHRINK_BUDGET, seconds=SHRINK_SECONDS
         )
-        finding.shrunk = replace(
-            finding.shrunk,
-            name=f"fuzz-{seed}-{index}",
-            description=f"kvmtest fuzz --seed {seed}: trace {index}, shrunk; {sig}",
-        )
+        finding.shrunk = replace(finding.shrunk, name=name, description=description)
         finding.result = run_trace(finding.shrunk, profile, context)
     if outdir:
         finding.files = write_finding(finding, profile, context, outdir)
@@ -370,8 +417,9 @@ def render(report: FuzzReport) -> str:
     for finding in report.findings:
         what = finding.shrunk or finding.trace
         lines.append(
-            f"{finding.verdict.upper()} divergence ({finding.signature}), seed {finding.seed}: "
-            f"{size(finding.trace)} steps"
+            f"{finding.verdict.upper()} divergence ({finding.signature}), "
+            + (f"seed {finding.seed}: " if finding.seed is not None else f"{finding.trace.name}: ")
+            + f"{size(finding.trace)} steps"
             + (
                 f" -> {size(finding.shrunk)} after {finding.tried} candidates"
                 if finding.shrunk

@@ -180,3 +180,38 @@ def test_a_trace_gets_its_settle_bounds_twice_over_and_at_least_a_minute():
     assert fuzz_run.trace_timeout(short) == fuzz_run.TRACE_TIMEOUT
     long = f.Trace(name="l", setup=setup, steps=short.steps * 22)
     assert fuzz_run.trace_timeout(long) == 24 * 2 * 2.0  # 22 steps + 2, each 2 x the bound
+
+
+def test_every_divergence_is_listed_and_any_one_can_be_shrunk_on_kvm(capsys, tmp_path):
+    """On real KVM with a switch flipped (so that traces diverge): DIR/divergences.tsv lists
+    every FAIL and ERROR of the search, not only the first of each signature, and
+    `kvmtest fuzz --shrink` takes one of the unshrunk files and shrinks it to a trace that
+    still fails under the flip and passes without it."""
+    from tests.conftest import require_kvm
+
+    require_kvm()
+    from kvmtest.suite import load_traces
+
+    out = tmp_path / "out"
+    flip = ["--set", "get_mp_state_processes=false"]
+    code = main(["fuzz", "--budget", "60", "--seed", "3", "--jobs", "8", "-o", str(out), *flip])
+    text = capsys.readouterr().out
+    statuses = dict(
+        part.strip().split(" ") for part in text.split("statuses: ")[1].split("\n")[0].split(",")
+    )
+    failed = int(statuses.get("fail", 0)) + int(statuses.get("error", 0))
+    rows = (out / "divergences.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == ["trace_seed", "signature", "first_difference"]
+    assert len(rows) - 1 == failed > 1, text
+    assert code == 1
+    unshrunk = sorted(out.glob("*-unshrunk.yaml"))
+    assert unshrunk, text
+    again = tmp_path / "again"
+    assert main(["fuzz", "--shrink", str(unshrunk[0]), "-o", str(again), *flip]) == 1
+    (shrunk,) = [p for p in again.glob("*.yaml") if not p.name.endswith("-flaky.yaml")]
+    traces, errors = load_traces([str(shrunk)])
+    assert not errors and len(traces[0].steps) < len(load_traces([str(unshrunk[0])])[0][0].steps)
+    assert main(["fuzz", "--shrink", str(shrunk), *flip]) == 1
+    capsys.readouterr()
+    assert main(["fuzz", "--shrink", str(shrunk)]) == 0
+    assert "passes here" in capsys.readouterr().out
