@@ -84,6 +84,9 @@ class _Judge:
 
     def compare(self, index: int, step, expected: dict, observed: dict) -> None:
         result = self.result
+        if expected == observed:  # the common case, compared in C: no GUEST value can be equal
+            result.compared += len(expected)
+            return
         differ = []
         skipped = 0
         for key, want in expected.items():  # the common case first: no sort, no set
