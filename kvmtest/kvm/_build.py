@@ -3,7 +3,9 @@
 The C compiler reads <linux/kvm.h>, so struct layouts and ioctl numbers come from the kernel
 headers, never from hand-copied offsets.  The few C helpers below exist for two reasons: ioctl()
 is variadic (cffi should not call it directly), and KVM_RUN plus the exit decoding should cost one
-call that releases the GIL, not a dozen attribute reads on the kvm_run page.
+call that releases the GIL, not a dozen attribute reads on the kvm_run page. And a whole
+host-driven trace, planned op by op in Python (kvmtest.exec.batch), is one kvmtest_ioctl_batch()
+call: its ~25 ioctls cost no Python between them.
 """
 
 from cffi import FFI
@@ -16,6 +18,32 @@ struct kvmtest_exit {
     __u64 mmio_phys_addr; __u8 mmio_data[8]; __u32 mmio_len; __u8 mmio_is_write;
     __u64 fail_entry_reason; __u32 internal_suberror; __u32 internal_ndata; __u64 internal_data[4];
     __u32 system_event_type;
+};
+"""
+
+# One step of kvmtest_ioctl_batch(): the plan says everything, the C loop only obeys it.
+BATCH_STRUCT = """
+#define KVMTEST_OP_IOCTL 0
+#define KVMTEST_OP_PUT 1
+#define KVMTEST_OP_OR 2
+#define KVMTEST_OP_MMAP 3
+#define KVMTEST_OP_MUNMAP 4
+#define KVMTEST_OP_CLOSE 5
+#define KVMTEST_CHECKED 1
+#define KVMTEST_EXPECT 2
+#define KVMTEST_IN_BUFFER 4
+#define KVMTEST_ALWAYS 8
+struct kvmtest_op {
+    int kind;
+    int fd;
+    int store;
+    int flags;
+    int width;
+    unsigned long request;
+    unsigned long arg;
+    __u64 value;
+    long expect;
+    long result;
 };
 """
 
@@ -137,13 +165,17 @@ int kvmtest_ioctl_int(int fd, unsigned long request, unsigned long arg);
 int kvmtest_run(int fd, struct kvm_run *run, struct kvmtest_exit *out);
 void kvmtest_set_immediate_exit(struct kvm_run *run, int value);
 int kvmtest_install_kick_handler(int signo);
+int kvmtest_ioctl_batch(struct kvmtest_op *ops, int n, int *fds, char *buffer);
 """
 
 SOURCE_HEAD = r"""
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
+#include <stdint.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <linux/kvm.h>
 """
 
@@ -217,11 +249,83 @@ static int kvmtest_install_kick_handler(int signo)
     sigemptyset(&sa.sa_mask);
     return sigaction(signo, &sa, NULL);
 }
+
+static void kvmtest_patch(char *at, int width, __u64 value, int or_in)
+{
+    switch (width) {
+    case 1: *(__u8 *)at = or_in ? *(__u8 *)at | value : value; break;
+    case 2: *(__u16 *)at = or_in ? *(__u16 *)at | value : value; break;
+    case 4: *(__u32 *)at = or_in ? *(__u32 *)at | value : value; break;
+    default: *(__u64 *)at = or_in ? *(__u64 *)at | value : value; break;
+    }
+}
+
+/* Run ops[0..n) in order; fds[] is the fd table (slot 0: /dev/kvm), `buffer` the run's
+   memory that IN_BUFFER args point into. A CHECKED op that fails (result < 0, or with EXPECT
+   a result other than `expect`) stops the plan: only ALWAYS ops (the teardown) run after it.
+   Returns the failed op's index (errno its error, 0 for a wrong count), or n. */
+static int kvmtest_ioctl_batch(struct kvmtest_op *ops, int n, int *fds, char *buffer)
+{
+    int i, failed = n, saved = 0;
+
+    for (i = 0; i < n; i++) {
+        struct kvmtest_op *op = &ops[i];
+        char *at = buffer + op->arg;
+        long ret = 0;
+
+        if (failed < n && !(op->flags & KVMTEST_ALWAYS))
+            continue;
+        switch (op->kind) {
+        case KVMTEST_OP_IOCTL:
+            ret = ioctl(fds[op->fd], op->request,
+                        op->flags & KVMTEST_IN_BUFFER ? (unsigned long)at : op->arg);
+            if (ret < 0)
+                ret = -errno;
+            break;
+        case KVMTEST_OP_PUT:
+        case KVMTEST_OP_OR:
+            kvmtest_patch(at, op->width, op->value, op->kind == KVMTEST_OP_OR);
+            break;
+        case KVMTEST_OP_MMAP: {
+            /* The address goes where the op says: a kvm_userspace_memory_region. */
+            void *memory = mmap(NULL, op->value, PROT_READ | PROT_WRITE,
+                                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (memory == MAP_FAILED)
+                ret = -errno;
+            else
+                *(__u64 *)at = (uintptr_t)memory;
+            break;
+        }
+        case KVMTEST_OP_MUNMAP:
+            if (*(__u64 *)at) {
+                munmap((void *)(uintptr_t)*(__u64 *)at, op->value);
+                *(__u64 *)at = 0;
+            }
+            break;
+        case KVMTEST_OP_CLOSE:
+            if (fds[op->fd] >= 0) {
+                close(fds[op->fd]);
+                fds[op->fd] = -1;
+            }
+            break;
+        }
+        op->result = ret;
+        if (ret >= 0 && op->store >= 0)
+            fds[op->store] = (int)ret;
+        if (failed == n && (op->flags & KVMTEST_CHECKED)
+            && (ret < 0 || ((op->flags & KVMTEST_EXPECT) && ret != op->expect))) {
+            failed = i;
+            saved = ret < 0 ? (int)-ret : 0;
+        }
+    }
+    errno = saved;
+    return failed;
+}
 """
 
 ffibuilder = FFI()
-ffibuilder.cdef(CDEF + EXIT_STRUCT + FUNCTIONS)
-ffibuilder.set_source("kvmtest.kvm._kvm_cffi", SOURCE_HEAD + EXIT_STRUCT + SOURCE)
+ffibuilder.cdef(CDEF + EXIT_STRUCT + BATCH_STRUCT + FUNCTIONS)
+ffibuilder.set_source("kvmtest.kvm._kvm_cffi", SOURCE_HEAD + EXIT_STRUCT + BATCH_STRUCT + SOURCE)
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)
