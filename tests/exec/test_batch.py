@@ -49,8 +49,15 @@ def _replay(side_class, host, trace) -> list:
 
 def _hooked_side(kvm, trace, cpuid, cancel=None):
     """The engine hook: BatchSide for what it accepts, KvmSide for the rest."""
-    chosen = batch.BatchSide if batch.batchable(trace) else KVM_SIDE
+    chosen = batch.BatchSide if batch.plan_of(trace) is not None else KVM_SIDE
     return chosen(kvm, trace, cpuid, cancel)
+
+
+@pytest.fixture
+def python_engine(monkeypatch):
+    """run_trace on KvmSide alone, whether or not engine.py chooses BatchSide by itself."""
+    monkeypatch.setattr(batch, "batchable", lambda trace: False)
+    monkeypatch.setattr(kvm_side, "KvmSide", KVM_SIDE)
 
 
 @pytest.fixture
@@ -76,8 +83,10 @@ def test_each_step_shows_what_kvm_side_shows(host, trace):
 
 
 @pytest.mark.parametrize("trace", BATCHABLE, ids=lambda t: t.name)
-def test_judged_alike_by_the_engine(host, trace, request):
+def test_judged_alike_by_the_engine(host, trace, request, monkeypatch):
+    request.getfixturevalue("python_engine")
     python = engine.run_trace(trace, "mainline", host)
+    monkeypatch.undo()
     request.getfixturevalue("batch_engine")
     batched = engine.run_trace(trace, "mainline", host)
     assert python.status.name in ("PASS", "SKIP"), python.message
@@ -183,8 +192,9 @@ def test_the_engine_reports_the_failure_at_the_same_step(host, monkeypatch):
     engine.run_trace(trace, "mainline", host)  # imports and predictions, with fds to spare
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     messages = []
-    for side in (KVM_SIDE, _hooked_side):
+    for side, batchable in ((KVM_SIDE, lambda t: False), (_hooked_side, batch.batchable)):
         monkeypatch.setattr(kvm_side, "KvmSide", side)
+        monkeypatch.setattr(batch, "batchable", batchable)
         resource.setrlimit(resource.RLIMIT_NOFILE, (_free_fds(2), hard))
         try:
             result = engine.run_trace(trace, "mainline", host)
