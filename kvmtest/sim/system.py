@@ -239,10 +239,11 @@ class System:
         self.pcs: dict[str, int] = {}  # thread -> index of its next move
         self.waiting: frozenset = frozenset()  # vCPUs that report once they run again
         self.landed: frozenset = frozenset()  # (vcpu, how): wake-up reports so far
-        # (vcpu, how): moved by an INIT or SIPI, then interrupted by an NMI before its first
-        # instruction; the stepper's NMI handler returns at once (guests/src/ivt.inc), so it
-        # still reports that landing although the model no longer knows its registers.
-        self.nmi_landing: frozenset = frozenset()
+        # (vcpu, how): a landing (a SIPI page, the reset ROM) the stepper has started to run
+        # and will report at its end, although the model no longer knows its registers: it ran
+        # part of it, or it took an NMI before its first instruction (the stepper's NMI handler
+        # returns at once, guests/src/ivt.inc).
+        self.landing: frozenset = frozenset()
         # vCPUs whose stepper strayed (it took an NMI at the reset vector, whose CS base the
         # handler's IRET cannot restore, and hit the tripwire at 0xffff0): it reported the
         # exception and parks in HLT with IF=0 once it runs again, until an INIT or SIPI moves
@@ -303,7 +304,7 @@ class System:
             tuple(self.pcs.items()),
             self.waiting,
             self.landed,
-            self.nmi_landing,
+            self.landing,
             self.parked,
         )
 
@@ -406,7 +407,7 @@ class System:
                 moves.append(Move(f"vcpu{vcpu}", "park", (vcpu,), f"vcpu{vcpu} parked: HLT, IF=0"))
         mid_command = self._mid_command()
         for vcpu in sorted(mid_command - self.waiting - entering):
-            landed = m.vcpus[vcpu].regs["rip"] is not GUEST or self._nmi_landed(vcpu) is not None
+            landed = m.vcpus[vcpu].regs["rip"] is not GUEST or self._landing_of(vcpu) is not None
             if m.run_status(vcpu) is RunResult.RUNS and landed:
                 moves.append(Move(f"vcpu{vcpu}", "report", (vcpu,), ""))
         for vcpu in sorted((self.waiting | mid_command) - entering):
@@ -437,7 +438,7 @@ class System:
             return phase == Phase.HALT_EXIT
         # Guest instructions. After an INIT reset or a SIPI the guest runs the reset ROM or a
         # landing page, not the rest of its command: that is a report, not these moves.
-        if self._nmi_landed(v) is not None or v in self.parked:
+        if self._landing_of(v) is not None or v in self.parked:
             return False  # it runs its landing (past an NMI) or parks, not its command
         return phase == Phase.GUEST and vcpus[v].mp_state == 0 and vcpus[v].regs["rip"] is GUEST
 
@@ -460,7 +461,7 @@ class System:
                     how = landing if landing.startswith("sipi") else GUEST
                     if landing == "reset":
                         how = "stray"  # the tripwire at 0xffff0 (seed 9, trace 827)
-                    self.nmi_landing |= {(vcpu, how)}
+                    self._keep_landing(vcpu, how)
             return {}
         if op == "park":
             m.guest_hlt(args[0])
@@ -469,7 +470,17 @@ class System:
             m.enter_run(args[0])
             return {}
         if op == "report":
-            self._stepper_reports(args[0])
+            vcpu = args[0]
+            how = restart_report(m, vcpu)
+            if how is not None:
+                # The landing page or reset ROM runs first and reports at its end: a kick in
+                # between (a host ioctl, then SET_MP_STATE, say) can stop it before the report
+                # (seed 21, trace 90194362293 - (21 << 32)). The landing is kept to report.
+                m.guest_runs(vcpu)
+                self.parked -= {vcpu}  # an INIT or SIPI moved it: the stepper runs again
+                self._keep_landing(vcpu, how)
+                return {}
+            self._stepper_reports(vcpu)
             return {}
         self.pcs[move.thread] += 1
         if op == "host":
@@ -495,10 +506,13 @@ class System:
             m.apply(reference.Step(op, args))
         return {}
 
-    def _nmi_landed(self, vcpu: int):
+    def _keep_landing(self, vcpu: int, how: str) -> None:
+        self.landing = frozenset(x for x in self.landing if x[0] != vcpu) | {(vcpu, how)}
+
+    def _landing_of(self, vcpu: int):
         """The landing `vcpu` took an NMI at before its first instruction (GUEST: one nobody can
         follow), or None."""
-        return next((how for v, how in self.nmi_landing if v == vcpu), None)
+        return next((how for v, how in self.landing if v == vcpu), None)
 
     def _command_report(self, vcpu: int, command: str) -> None:
         if command == "start" and vcpu == 0 and self.setup.apic == "x2apic":
@@ -512,15 +526,11 @@ class System:
         thread = f"vcpu{vcpu}"
         program_, pc = self.programs.get(thread, ()), self.pcs.get(thread, 0)
         command = program_[pc].command if pc < len(program_) else ""
-        how = restart_report(m, vcpu)
-        if how is not None:
-            self.parked -= {vcpu}  # an INIT or SIPI moved it: the stepper runs again
-        else:
-            how = self._nmi_landed(vcpu)
+        how = self._landing_of(vcpu)  # registers the model knows were a landing (apply)
         if how == "stray":
             how = GUEST  # the exception report (vector 3 at 0xffff0); then it parks
             self.parked |= {vcpu}
-        self.nmi_landing = frozenset(x for x in self.nmi_landing if x[0] != vcpu)
+        self.landing = frozenset(x for x in self.landing if x[0] != vcpu)
         if how is None:
             how = {"hlt": "hlt", "start": "ready"}.get(command, "woke")
         m.guest_runs(vcpu)
@@ -545,17 +555,15 @@ class System:
         return HOST_OPS[op.kind](self, op)
 
     def _paused(self, vcpu: int, function, *args, **kwargs):
-        """A vCPU ioctl: kick the thread out of KVM_RUN if it is in (host-findings.md#finding-2),
-        perform, and let it re-enter."""
+        """A vCPU ioctl: kick the thread out of KVM_RUN if it is in (host-findings.md#finding-2)
+        and perform. The thread re-enters by itself, later: its ``reenter`` move (KVM_RUN gave
+        -EINTR). Not at once: the harness's worker may not be back in KVM_RUN before the host's
+        next ioctl on it, which then finds it still out (seed 21, trace 90194351322 - (21 << 32):
+        a SIPI sent while the thread was out stayed pending into the next SET_MP_STATE)."""
         m = self.machine
-        inside = m.vcpus[vcpu].phase != Phase.OUT
-        if inside:
+        if m.vcpus[vcpu].phase != Phase.OUT:
             m.kick_out(vcpu)
-        try:
-            return function(vcpu, *args, **kwargs)
-        finally:
-            if inside:
-                m.apply(reference.Step("run_entry", (vcpu,)))
+        return function(vcpu, *args, **kwargs)
 
     def _msi(self, op) -> dict:
         return {(None, "result"): self.machine.signal_msi(op.address_lo, op.address_hi, op.data)}
