@@ -176,9 +176,13 @@ def run_trace(
             system = System(trace.setup, profile, host.flavour, host.cpuid_1_eax, host.smm)
             model = Sequential(system)
         if host.backend == "kvm":
+            from kvmtest.exec.batch import BatchSide, batchable
             from kvmtest.exec.kvm import KvmSide
 
-            real = KvmSide(host.kvm, trace, host.cpuid, cancel)
+            # A host-driven trace's ioctls in one C call (kvmtest.exec.batch); `show` draws
+            # every step from KvmSide, which can also say where each thread is.
+            side = BatchSide if not timeline and batchable(trace) else KvmSide
+            real = side(host.kvm, trace, host.cpuid, cancel)
         check_pins = profile.name in trace.pinned_profiles
         spec = Specify(profile, trace.setup) if reference.is_architectural(profile) else None
         for index, step in enumerate(trace.steps):
