@@ -26,6 +26,10 @@ APIC_BASE_X2APIC = 1 << 10
 APIC_BASE_ENABLE = 1 << 11
 
 REPORT_TIMEOUT = 2.0  # seconds a guest command may take to report or sleep (slow guest code)
+# ... of time this process ran: a gap of more than STALL_GAP between two looks is a stall (the
+# host stole the machine's CPUs) and does not count, up to STALL_FACTOR times the bound (_Bound).
+STALL_GAP = 0.05
+STALL_FACTOR = 15
 QUIET = 0.002  # seconds every busy vCPU thread must stay asleep, with no report, to be settled
 POLL = 0.0002  # seconds between looks at the threads while settling
 STEPPER_COMMANDS = {
@@ -396,7 +400,7 @@ class KvmSide:
         can act any more (each finished or waits for a report too) and every busy vCPU thread
         sleeps or spins in KVM_RUN, quiet for QUIET, so that nothing is left to wake one."""
         worker = self.workers[vcpu]
-        deadline = time.monotonic() + REPORT_TIMEOUT
+        bound = _Bound(REPORT_TIMEOUT)
         quiet = _Quiet(QUIET)
         with branches.waiting():
             while True:
@@ -405,7 +409,7 @@ class KvmSide:
                 except queue.Empty:
                     pass
                 now = time.monotonic()
-                if now > deadline:
+                if bound.over(now):
                     return None
                 if branches.none_active():
                     busy, asleep, spinning = self._thread_states()
@@ -429,7 +433,7 @@ class KvmSide:
             self._drain_reports(out)
             if not any(worker.busy for worker in self.workers.values()):
                 return out
-        deadline = time.monotonic() + timeout
+        bound = _Bound(timeout)
         still = _Quiet(quiet)
         while True:
             got = self._drain_reports(out)
@@ -437,7 +441,9 @@ class KvmSide:
             now = time.monotonic()
             if still.held(not got and asleep | spinning == busy, now):
                 break
-            if now > deadline or (self.cancel is not None and self.cancel.is_set()):
+            if bound.over(now):
+                break
+            if self.cancel is not None and self.cancel.is_set():
                 break
             time.sleep(POLL)
         self._drain_reports(out)
@@ -510,6 +516,26 @@ class KvmSide:
                 self.guest_vm.close()
             else:
                 self.vm.close()
+
+
+class _Bound:
+    """How long a step waits for reports: `seconds` of the time this process was running, not
+    of the wall clock. This development host is itself a VM, and its host sometimes stops it
+    for seconds: every thread stops at once, and a wall-clock bound then ran out before a
+    report the guest was about to send (seed 24: divergences in bursts of a few traces, every
+    one passing on re-run). A gap between two looks longer than STALL_GAP (the waiting loop
+    looks every POLL) is taken as such a stall and not counted; the wall clock still ends the
+    wait after STALL_FACTOR times `seconds`."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.last = self.start = time.monotonic()
+        self.counted = 0.0
+
+    def over(self, now: float) -> bool:
+        gap, self.last = now - self.last, now
+        self.counted += gap if gap <= STALL_GAP else 0.0
+        return self.counted > self.seconds or now - self.start > self.seconds * STALL_FACTOR
 
 
 class _Quiet:

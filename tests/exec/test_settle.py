@@ -141,3 +141,32 @@ def test_guest_code_exits_often_enough_here_to_tell_a_spin(kvm):
 
     interval = workers.guest_exit_interval_ns()
     assert interval is not None and 0 < interval * workers.SPIN_EXITS <= 10 * workers.SPIN_MIN_NS
+
+
+def test_a_stall_of_the_whole_machine_does_not_count_against_the_bound(kvm):
+    """The host stopped this machine (here: SIGSTOP of the whole process) for longer than the
+    settle bound, while the guest ran a command. The stall is not counted: the step still
+    gets its report, which a wall-clock bound had given up on (seed 24's bursts)."""
+    import os
+    import subprocess
+
+    from kvmtest import ops as f
+
+    side = _side(kvm)
+    try:
+        stall = kvm_exec.REPORT_TIMEOUT + 0.5
+        side.perform(f.GuestCommand(0, "spin", 300_000))  # about 0.3 s of guest code here
+        stopper = subprocess.Popen(
+            [
+                "sh",
+                "-c",
+                f"sleep 0.05; kill -STOP {os.getpid()}; sleep {stall}; kill -CONT {os.getpid()}",
+            ]
+        )
+        start = time.monotonic()
+        out = side.settle()
+        stopper.wait(10)
+        assert time.monotonic() - start > stall  # the stall happened inside the settle
+        assert out.get((0, "report")) == "spin", out
+    finally:
+        side.close()
