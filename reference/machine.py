@@ -1205,7 +1205,11 @@ class Machine:
             if v.phase == Phase.OUT:
                 return v.last_exit
         if v.phase == Phase.U_BLOCK:
-            if self.profile.run_u_processes_events:
+            # A thread that loops through KVM_RUN (rule 18) is mostly in userspace between two
+            # of them, where the kick stops it before the next: nothing is processed then
+            # (seed 25, trace 20553; kvm_amd too). If it takes its next KVM_RUN first, that
+            # is the wake_uninit reaction, which the explorer orders before the kick.
+            if self.profile.run_u_processes_events and not self._loops_in_u(v):
                 self._accept_events(v)
             if self.profile.run_u_reports_signal:
                 return self._leave(v, RunResult.EINTR)
@@ -1253,6 +1257,14 @@ class Machine:
         # Only a pending INIT/SIPI is consumed there; an NMI, an SMI or PV-unhalt alone makes
         # KVM_RUN return -EAGAIN at once, every time: the thread spins (see spins()).
         return v.pending_init or v.pending_sipi
+
+    def _loops_in_u(self, v: VCpu) -> bool:
+        """In UNINITIALIZED with an event that no INIT/SIPI processing takes (an NMI, an SMI, a
+        PV kick): every KVM_RUN returns -EAGAIN at once and userspace re-enters (rule 18)."""
+        if self.profile.sender_writes_mp_state:
+            return bool(v.nmi_pending)
+        smi = self.profile.smm_emulation and v.smi_pending and not v.smm
+        return bool(v.pv_unhalted or v.nmi_pending or v.nmi_request or smi)
 
     def spins(self, vcpu: int) -> bool:
         """The thread is inside KVM_RUN and runnable, yet nothing it does changes the vCPU: the

@@ -328,3 +328,29 @@ def test_d7_16_a_snapshot_keeps_one_of_two_queued_nmis():
     m.guest_hlt(0)
     m.settle()
     assert m.vcpus[0].phase == Phase.BLOCKED
+
+
+@pytest.mark.parametrize("nmi", [True, False])
+def test_a_kick_finds_a_thread_looping_in_uninitialized_between_two_kvm_runs(nmi):
+    """rule 18: with an NMI pending, an AP in UNINITIALIZED loops through KVM_RUN (-EAGAIN at
+    once), mostly in userspace, so a host ioctl's kick stops it before its next KVM_RUN and a
+    SIPI sent meanwhile is still pending: SET_MP_STATE(INIT_RECEIVED) then lands it (seed 25,
+    trace 20553, on kvm_pvm and kvm_amd). A thread asleep in the UNINITIALIZED branch wakes
+    for the kick and processes (drops) the SIPI first."""
+    from reference import Machine, MpState, Phase
+
+    m = Machine(2, "mainline", "vmx")
+    for i in range(2):
+        m.set_lapic(i)
+    m.enter_run(1)
+    if nmi:
+        m.signal_msi(0xFEE01000, 0, 0x400)
+        m.settle()
+        assert m.spins(1)
+    assert m.vcpus[1].phase == Phase.U_BLOCK
+    m.signal_msi(0xFEE01000, 0, 0x610)  # SIPI 0x10, before the thread's next KVM_RUN
+    m.kick_out(1)
+    assert m.vcpus[1].pending_sipi == nmi
+    m.set_mp_state(1, MpState.INIT_RECEIVED)
+    m.enter_run(1)
+    assert (m.vcpus[1].mp_state == MpState.RUNNABLE) == nmi
