@@ -478,7 +478,7 @@ class System:
             if how is not None:
                 # The landing page or reset ROM runs first and reports at its end: a kick in
                 # between (a host ioctl, then SET_MP_STATE, say) can stop it before the report
-                # (seed 21, trace 90194362293 - (21 << 32)). The landing is kept to report.
+                # (seed 21, trace 49077). The landing is kept to report.
                 m.guest_runs(vcpu)
                 self.parked -= {vcpu}  # an INIT or SIPI moved it: the stepper runs again
                 self._keep_landing(vcpu, how)
@@ -561,7 +561,7 @@ class System:
         """A vCPU ioctl: kick the thread out of KVM_RUN if it is in (host-findings.md#finding-2)
         and perform. The thread re-enters by itself, later: its ``reenter`` move (KVM_RUN gave
         -EINTR). Not at once: the harness's worker may not be back in KVM_RUN before the host's
-        next ioctl on it, which then finds it still out (seed 21, trace 90194351322 - (21 << 32):
+        next ioctl on it, which then finds it still out (seed 21, trace 38106:
         a SIPI sent while the thread was out stayed pending into the next SET_MP_STATE)."""
         m = self.machine
         if m.vcpus[vcpu].phase != Phase.OUT:
