@@ -5,10 +5,10 @@ every thread reacts until nothing can move (what kvm_side observes as "settled")
 among enabled moves is fixed: KVM inside a thread first (it handles a pending request before
 anything else runs on that vCPU), then the stepper guest (reports, re-entering KVM_RUN), then
 the threads' programs, lowest vCPU first within each; last, a reaction that only a rare
-event starts (kvm_pvm's exit before a deferred self-IPI, d.7.15), which the report that ends
-it always pre-empts here. ``System.enabled`` lists the moves;
-the reactions are confluent (tests/sim), so this order decides nothing an observer could see
-except where real KVM imposes the same order.
+event starts (kvm_pvm's early exit for an event that waits for the next one, d.7.15, d.7.16),
+which the report or HLT exit that ends the wait always pre-empts here. ``System.enabled``
+lists the moves; the reactions are confluent (tests/sim), so this order decides nothing an
+observer could see except where real KVM imposes the same order.
 """
 
 from __future__ import annotations

@@ -509,12 +509,16 @@ class System:
             m.apply(reference.Step(op, args))
         return {}
 
+    def _forget_landing(self, vcpu: int) -> None:
+        self.landing = frozenset(x for x in self.landing if x[0] != vcpu)
+
     def _keep_landing(self, vcpu: int, how: str) -> None:
-        self.landing = frozenset(x for x in self.landing if x[0] != vcpu) | {(vcpu, how)}
+        self._forget_landing(vcpu)
+        self.landing |= {(vcpu, how)}
 
     def _landing_of(self, vcpu: int):
-        """The landing `vcpu` took an NMI at before its first instruction (GUEST: one nobody can
-        follow), or None."""
+        """The landing `vcpu` has started to run and will report ("sipi 0x10", "reset",
+        "stray" past an NMI at the reset vector, GUEST: one nobody can follow), or None."""
         return next((how for v, how in self.landing if v == vcpu), None)
 
     def _command_report(self, vcpu: int, command: str) -> None:
@@ -533,7 +537,7 @@ class System:
         if how == "stray":
             how = GUEST  # the exception report (vector 3 at 0xffff0); then it parks
             self.parked |= {vcpu}
-        self.landing = frozenset(x for x in self.landing if x[0] != vcpu)
+        self._forget_landing(vcpu)
         if how is None:
             how = {"hlt": "hlt", "start": "ready"}.get(command, "woke")
         m.guest_runs(vcpu)
@@ -826,6 +830,6 @@ def _reaction_label(vcpu: int, name: str) -> str:
         "guest_event": f"vcpu{vcpu} (in KVM) processes KVM_REQ_EVENT before entering the guest",
         "wake": f"vcpu{vcpu} (in KVM) wakes from kvm_vcpu_block",
         "wake_uninit": f"vcpu{vcpu} (in KVM) wakes in the UNINITIALIZED branch",
-        "exit_event": f"vcpu{vcpu} exits (a host interrupt) before its report; KVM processes "
-        "the INIT, SIPI or NMI it sent itself",
+        "exit_event": f"vcpu{vcpu} exits early (a host interrupt); KVM processes the event "
+        "that waited for its next exit (a self-sent INIT, SIPI or NMI, a second NMI)",
     }.get(name, f"vcpu{vcpu} (in KVM) {name}")
